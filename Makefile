@@ -1,0 +1,33 @@
+# Two commands do all set-up: `make test` and `make demo` (each creates .venv if missing).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-keras3 test-tf-keras lint demo clean
+
+$(STAMP): setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+
+# The suite runs twice: under Keras 3 (tf.keras default) and under tf_keras.
+test-keras3: install
+	$(BIN)/pytest -q -p no:cacheprovider
+
+test-tf-keras: install
+	TF_USE_LEGACY_KERAS=1 $(BIN)/pytest -q -p no:cacheprovider
+
+test: lint test-keras3 test-tf-keras
+
+demo: install
+	$(BIN)/python examples/structure_demo.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,27 @@
+"""dsa_tf: budgeted channel pruning for Keras with DSA (Differentiable Sparsity Allocation).
+
+Example:
+    >>> import dsa_tf
+    >>> model = dsa_tf.models.cifar_resnet(20)
+    >>> plan = dsa_tf.analyze(model)
+    >>> small = dsa_tf.strip(model, keep={g.name: range(g.channels // 2) for g in plan.prunable})
+    >>> dsa_tf.count_flops(small) < dsa_tf.count_flops(model) / 3
+    True
+"""
+
+from dsa_tf import models
+from dsa_tf.counting import count_flops, count_params
+from dsa_tf.graph import ChannelPlan, Group, analyze
+from dsa_tf.masking import masked_call
+from dsa_tf.strip import strip
+
+__all__ = [
+    "ChannelPlan",
+    "Group",
+    "analyze",
+    "count_flops",
+    "count_params",
+    "masked_call",
+    "models",
+    "strip",
+]

@@ -1,0 +1,157 @@
+"""Physical stripping: rebuild a genuinely smaller plain Keras model with sliced weights.
+
+The model is replayed layer by layer with new inputs. Every layer is re-created from its config
+(a convolution or Dense layer with fewer filters/units when its channels are pruned), called
+exactly as in the original graph, and given the original weights sliced along the axes its
+rule names. Nested models are flattened into the result. The original model is not touched:
+no layer of it is called, built or re-weighted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from dsa_tf import _keras
+from dsa_tf.graph import ChannelPlan, FlatCall, analyze, resolve, weight_axes
+
+
+def space_masks(plan: ChannelPlan, keep: Mapping[str, Iterable[int]]) -> dict[int, np.ndarray]:
+    """Validates ``keep`` and returns a boolean keep mask for every channel space it prunes.
+
+    Raises:
+        ValueError: an unknown group name, a group that is not prunable, an empty selection,
+            or indices that repeat or fall outside ``[0, channels)``.
+    """
+    masks: dict[int, np.ndarray] = {}
+    for name, indices in keep.items():
+        try:
+            group = plan.group(name)
+        except KeyError as error:
+            raise ValueError(error.args[0]) from None
+        indices = np.asarray(list(indices), dtype=np.int64)
+        if indices.size == 0:
+            raise ValueError(f"keep[{name!r}] is empty; every group keeps at least one channel.")
+        if indices.min() < 0 or indices.max() >= group.channels:
+            raise ValueError(
+                f"keep[{name!r}] has indices outside [0, {group.channels}): "
+                f"{sorted(set(indices[(indices < 0) | (indices >= group.channels)].tolist()))}")
+        if len(np.unique(indices)) != indices.size:
+            raise ValueError(f"keep[{name!r}] repeats channel indices.")
+        if indices.size == group.channels:
+            continue
+        if not group.prunable:
+            raise ValueError(f"Group {name!r} cannot be pruned: {group.reason}.")
+        mask = np.zeros(group.channels, dtype=bool)
+        mask[indices] = True
+        g = plan.groups.index(group)
+        for space in np.flatnonzero(plan.group_of_space == g).tolist():
+            masks[space] = mask
+    return masks
+
+
+def strip(model: Any, keep: Mapping[str, Iterable[int]] | None = None, *,
+          exclude: Iterable[str] = ()) -> Any:
+    """Returns a smaller plain Keras model that keeps only the given channels.
+
+    Args:
+        model: a functional or Sequential Keras model (Keras 3 or tf_keras).
+        keep: for each channel group to prune (names from :func:`dsa_tf.analyze`), the indices
+            of the channels to keep. Groups not listed keep all their channels.
+        exclude: layer names to keep whole, as for :func:`dsa_tf.analyze`.
+
+    Returns:
+        A new functional model of standard Keras layers whose outputs equal the original
+        model's outputs with the dropped channels forced to zero at every layer of their group.
+        Nested models are flattened into it; a layer whose name would clash is renamed
+        ``<nested model>_<layer>``.
+
+    Raises:
+        ValueError: for unsupported models (see :func:`dsa_tf.analyze`) and invalid ``keep``.
+
+    Example:
+        >>> import dsa_tf
+        >>> model = dsa_tf.models.cifar_resnet(20)
+        >>> small = dsa_tf.strip(model, keep={"conv2d_1": range(8)})
+        >>> dsa_tf.count_params(small) < dsa_tf.count_params(model)
+        True
+    """
+    if keep is None:
+        raise ValueError("strip(model) needs keep={group_name: channel_indices} for a plain "
+                         "model; groups are listed by dsa_tf.analyze(model).")
+    plan = analyze(model, exclude)
+    return rebuild(plan, space_masks(plan, keep))
+
+
+def rebuild(plan: ChannelPlan, masks: dict[int, np.ndarray]) -> Any:
+    """Replays ``plan``'s model with the channels of ``masks`` removed (see :func:`strip`)."""
+    model = plan.model
+    keras = _keras.keras_of(model)
+    new_tensors: dict[int, Any] = {}
+    for tensor in _keras.model_inputs(model):
+        shape = _keras.shape_of(tensor)
+        new_tensors[id(tensor)] = keras.Input(
+            shape=shape[1:], batch_size=shape[0], dtype=tensor.dtype,
+            name=_keras.input_name(tensor))
+
+    alias = plan.alias
+    new_ops: dict[int, Any] = {}
+    names = Counter([_keras.input_name(t) for t in _keras.model_inputs(model)]
+                    + [fc.op.name for fc in {id(fc.op): fc for fc in plan.calls}.values()])
+    slices = []
+    for fc in plan.calls:
+        if id(fc.op) not in new_ops:
+            # A nested layer whose name also exists elsewhere gets its model's name in front.
+            name = fc.name.replace("/", "_") if names[fc.op.name] > 1 else fc.op.name
+            new_ops[id(fc.op)] = _new_op(fc, masks, name)
+            slices.append((fc, new_ops[id(fc.op)]))
+        outputs = fc.call.replay(new_ops[id(fc.op)],
+                                 lambda t: new_tensors[id(resolve(alias, t))])
+        for old, new in zip(fc.call.outputs, outputs):
+            new_tensors[id(resolve(alias, old))] = new
+
+    def lookup(t: Any) -> Any:
+        return new_tensors[id(resolve(alias, t))]
+
+    inputs = tf.nest.map_structure(lookup, _keras.input_structure(model))
+    outputs = tf.nest.map_structure(lookup, _keras.output_structure(model))
+    stripped = keras.Model(inputs, outputs, name=model.name)
+    for fc, new_op in slices:
+        if getattr(fc.op, "weights", None):
+            new_op.set_weights(_sliced_weights(fc, plan, masks))
+    return stripped
+
+
+def _kept(channel_map: Any, masks: dict[int, np.ndarray]) -> np.ndarray | None:
+    return None if channel_map is None else channel_map.keep_mask(masks)
+
+
+def _new_op(fc: FlatCall, masks: dict, name: str) -> Any:
+    config = _keras.layer_config(fc.op)
+    if fc.rule is not None and not fc.opaque and fc.out_maps and fc.out_maps[0] is not None:
+        config = fc.rule.resized_config(config, int(_kept(fc.out_maps[0], masks).sum()))
+    if "name" in config:
+        config["name"] = name
+    return _keras.recreate(fc.op, config)
+
+
+def _sliced_weights(fc: FlatCall, plan: ChannelPlan, masks: dict) -> list[np.ndarray]:
+    kept_in = _kept(fc.info.in_maps[0] if fc.info.in_maps else None, masks)
+    multiplier = getattr(fc.op, "depth_multiplier", 1)
+    kept = {
+        "in": kept_in,
+        "out": _kept(fc.out_maps[0] if fc.out_maps else None, masks),
+        "mid": None if kept_in is None else np.repeat(kept_in, multiplier),
+    }
+    result = []
+    for weight, axes in weight_axes(fc):
+        value = np.asarray(weight.numpy() if hasattr(weight, "numpy") else weight)
+        for axis, role in enumerate(axes):
+            if role is not None:
+                value = np.compress(kept[role], value, axis=axis)
+        result.append(value)
+    return result

@@ -1,0 +1,57 @@
+"""Helpers that check a strip the way a user relies on it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+import dsa_tf
+from dsa_tf import _keras
+
+
+def random_keep(plan: dsa_tf.ChannelPlan, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A random channel subset (at least one channel) for every prunable group."""
+    return {
+        g.name: np.sort(rng.choice(g.channels, rng.integers(1, g.channels + 1), replace=False))
+        for g in plan.prunable
+    }
+
+
+def randomize(model: Any, rng: np.random.Generator) -> None:
+    """Gives every bias and BatchNorm statistic random values, so that a dropped channel only
+    stays zero where the mask reaches (fresh models have zero shifts, which hides that)."""
+    for layer in model.layers:
+        for weight in layer.weights:
+            name = weight.name.split("/")[-1].split(":")[0]
+            shape = tuple(weight.shape)
+            if name in ("bias", "beta", "moving_mean"):
+                weight.assign(rng.normal(0.0, 0.5, shape).astype("float32"))
+            elif name in ("gamma", "moving_variance"):
+                weight.assign(rng.uniform(0.5, 1.5, shape).astype("float32"))
+        if _keras.is_model(layer):
+            randomize(layer, rng)
+
+
+def check_strip(model: Any, seed: int = 0, exclude: tuple = ()) -> Any:
+    """Strips random channels of every prunable group and checks what a user relies on:
+    output parity with the masked original, and FLOPs/params exactly as predicted."""
+    rng = np.random.default_rng(seed)
+    randomize(model, rng)
+    plan = dsa_tf.analyze(model, exclude=exclude)
+    keep = random_keep(plan, rng)
+    stripped = dsa_tf.strip(model, keep, exclude=exclude)
+    inputs = [rng.normal(size=(2,) + _keras.shape_of(t)[1:]).astype("float32")
+              for t in _keras.model_inputs(model)]
+    expected = dsa_tf.masked_call(model, keep, inputs, exclude=exclude)
+    actual = tf.nest.flatten(stripped(inputs if len(inputs) > 1 else inputs[0]))
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        scale = max(float(np.abs(e).max()), 1e-6)
+        assert np.abs(np.asarray(a) - e).max() <= 1e-5 * scale
+    ratios = plan.keep_ratios(keep)
+    assert dsa_tf.count_flops(stripped) == round(plan.flops(ratios))
+    assert dsa_tf.count_params(stripped) == round(plan.params(ratios))
+    assert stripped.count_params() == dsa_tf.count_params(stripped)
+    return stripped

@@ -1,0 +1,76 @@
+"""Physical stripping: parity with the masked original, exact resource prediction."""
+
+import numpy as np
+import pytest
+
+import dsa_tf
+
+from masking import check_strip, random_keep
+from small_models import bare_ops, conv1d, multi_io, nested_backbone, sequential, unet
+
+
+@pytest.mark.parametrize("depth", [20, 56])
+def test_cifar_resnet(keras, depth):
+    check_strip(dsa_tf.models.cifar_resnet(depth, keras=keras), seed=depth)
+
+
+@pytest.mark.parametrize("build", [unet, conv1d, sequential, nested_backbone, multi_io, bare_ops])
+def test_small_models(keras, build):
+    stripped = check_strip(build(keras))
+    assert dsa_tf.count_flops(stripped) < dsa_tf.count_flops(build(keras))
+
+
+def test_stripped_model_is_plain_keras_and_round_trips(keras, tmp_path):
+    model = dsa_tf.models.cifar_resnet(20, keras=keras)
+    stripped = check_strip(model)
+    assert all(type(layer).__module__.startswith(("keras.", "tf_keras."))
+               for layer in stripped.layers)
+    path = str(tmp_path / "small.keras")
+    stripped.save(path)
+    loaded = keras.models.load_model(path)
+    x = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(loaded(x), stripped(x), rtol=1e-6, atol=1e-6)
+
+
+def test_original_model_is_not_mutated(keras):
+    model = nested_backbone(keras)
+    before = [w.numpy().copy() for w in model.weights]
+    nodes = [len(layer._inbound_nodes) for layer in model.layers]
+    x = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype("float32")
+    out_before = np.asarray(model(x))
+    plan = dsa_tf.analyze(model)
+    dsa_tf.strip(model, random_keep(plan, np.random.default_rng(0)))
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, model.weights))
+    assert nodes == [len(layer._inbound_nodes) for layer in model.layers]
+    np.testing.assert_array_equal(np.asarray(model(x)), out_before)
+
+
+def test_keeping_everything_reproduces_the_model(keras):
+    model = unet(keras)
+    plan = dsa_tf.analyze(model)
+    stripped = dsa_tf.strip(model, {g.name: range(g.channels) for g in plan.prunable})
+    x = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(stripped(x), model(x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dsa_tf.masked_call(model, {}, x)[0], model(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("keep, message", [
+    ({"nope": [0]}, "No channel group 'nope'"),
+    ({"conv2d_1": []}, "empty"),
+    ({"conv2d_1": [0, 16]}, r"outside \[0, 16\)"),
+    ({"conv2d_1": [-1]}, "outside"),
+    ({"conv2d_1": [1, 1]}, "repeats"),
+    ({"dense": [0]}, "cannot be pruned: reaches a model output"),
+])
+def test_invalid_keep_is_refused(keras, keep, message):
+    model = dsa_tf.models.cifar_resnet(20, keras=keras)
+    names = [g.name for g in dsa_tf.analyze(model).groups]
+    keep = {("conv2d_1" if k == "conv2d_1" else k): v for k, v in keep.items()}
+    assert "conv2d_1" in names and "dense" in names
+    with pytest.raises(ValueError, match=message):
+        dsa_tf.strip(model, keep)
+
+
+def test_strip_without_keep_explains_itself(keras):
+    with pytest.raises(ValueError, match="needs keep="):
+        dsa_tf.strip(dsa_tf.models.cifar_resnet(20, keras=keras))
