@@ -11,17 +11,25 @@ Example:
 
 from dsa_tf import models
 from dsa_tf.counting import count_flops, count_params
+from dsa_tf.gates import gate_class
 from dsa_tf.graph import ChannelPlan, Group, analyze
 from dsa_tf.masking import masked_call
+from dsa_tf.prune import keep_ratios, prune_to_budget, set_keep_ratios
 from dsa_tf.strip import strip
 
+ChannelGate = gate_class()  # registered for loading saved gated models
+
 __all__ = [
+    "ChannelGate",
     "ChannelPlan",
     "Group",
     "analyze",
     "count_flops",
     "count_params",
+    "keep_ratios",
     "masked_call",
     "models",
+    "prune_to_budget",
+    "set_keep_ratios",
     "strip",
 ]

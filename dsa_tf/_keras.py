@@ -167,3 +167,8 @@ def layer_config(op: Any) -> dict:
 def recreate(op: Any, config: dict) -> Any:
     """A new, unbuilt instance of ``op``'s class from ``config``."""
     return type(op).from_config(config)
+
+
+def tf_variable(variable: Any) -> tf.Variable:
+    """The ``tf.Variable`` behind a Keras variable (Keras 3 wraps it; tf_keras does not)."""
+    return variable if isinstance(variable, tf.Variable) else variable.value

@@ -23,8 +23,9 @@ import numpy as np
 
 from dsa_tf import _keras
 from dsa_tf.channels import ChannelMap
+from dsa_tf.gates import is_gate
 from dsa_tf.quadratic import Quadratic
-from dsa_tf.rules import CallInfo, Rule, Unsupported, rule_for
+from dsa_tf.rules import PASS, CallInfo, Rule, Unsupported, rule_for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,7 +214,7 @@ class ChannelPlan:
             out_count = self.count(fc.out_maps[0] if fc.out_maps else None)
             if fc.rule is not None and not fc.opaque:
                 flops = flops + fc.rule.flops(fc.op, fc.info, in_count, out_count)
-            if id(fc.op) in seen:
+            if id(fc.op) in seen or is_gate(fc.op):
                 continue
             seen.add(id(fc.op))
             counts = {"in": in_count, "out": out_count,
@@ -362,7 +363,7 @@ def _walk_call(walk: _Walk, call: _keras.Call, name: str, map_of: Any,
     args, kwargs = _call_arguments(call)
     info = CallInfo(op, args, kwargs, [_keras.shape_of(t) for t in call.inputs],
                     [_keras.shape_of(t) for t in call.outputs], [map_of(t) for t in call.inputs])
-    rule = rule_for(op)
+    rule = PASS if is_gate(op) else rule_for(op)
     why = "dsa_tf has no channel rule for this layer type" if rule is None else ""
     if rule is not None:
         try:
@@ -381,7 +382,7 @@ def _walk_call(walk: _Walk, call: _keras.Call, name: str, map_of: Any,
                     for s in info.out_shapes]
     else:
         try:
-            _couple_shared_inputs(walk, op, info)
+            _couple_shared_inputs(walk, op, rule, info)
             out_maps = rule.propagate(op, info, walk)
         except Unsupported as error:
             raise _unsupported(name, op, str(error)) from None
@@ -393,9 +394,10 @@ def _walk_call(walk: _Walk, call: _keras.Call, name: str, map_of: Any,
     return FlatCall(call, name, rule, info, list(out_maps), opaque)
 
 
-def _couple_shared_inputs(walk: _Walk, op: Any, info: CallInfo) -> None:
+def _couple_shared_inputs(walk: _Walk, op: Any, rule: Rule, info: CallInfo) -> None:
     """A layer called several times slices its weights once: its inputs must match."""
-    if not getattr(op, "weights", None) or not info.in_maps:
+    roles = {role for axes in rule.weight_axes(op).values() for role in axes}
+    if not info.in_maps or not roles & {"in", "mid"}:
         return
     first = walk.first_in_map.setdefault(id(op), info.in_maps[0])
     if first is not info.in_maps[0]:

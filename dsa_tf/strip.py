@@ -10,13 +10,14 @@ no layer of it is called, built or re-weighted.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from dsa_tf import _keras
+from dsa_tf.gates import is_gate
 from dsa_tf.graph import ChannelPlan, FlatCall, analyze, resolve, weight_axes
 
 
@@ -80,15 +81,22 @@ def strip(model: Any, keep: Mapping[str, Iterable[int]] | None = None, *,
         >>> dsa_tf.count_params(small) < dsa_tf.count_params(model)
         True
     """
-    if keep is None:
-        raise ValueError("strip(model) needs keep={group_name: channel_indices} for a plain "
-                         "model; groups are listed by dsa_tf.analyze(model).")
     plan = analyze(model, exclude)
-    return rebuild(plan, space_masks(plan, keep))
+    if keep is None:
+        keep = gate_keep(plan)
+    return rebuild(plan, space_masks(plan, keep))[0]
 
 
-def rebuild(plan: ChannelPlan, masks: dict[int, np.ndarray]) -> Any:
-    """Replays ``plan``'s model with the channels of ``masks`` removed (see :func:`strip`)."""
+def rebuild(plan: ChannelPlan, masks: dict[int, np.ndarray],
+            after_call: Callable[[FlatCall, list], list] | None = None) -> tuple[Any, dict]:
+    """Replays ``plan``'s model with the channels of ``masks`` removed (see :func:`strip`).
+
+    ChannelGate layers are left out. ``after_call(call, outputs)`` may replace each call's
+    new outputs (prune_to_budget inserts gates with it).
+
+    Returns:
+        The new model, and a dict from ``id(old layer)`` to its new layer.
+    """
     model = plan.model
     keras = _keras.keras_of(model)
     new_tensors: dict[int, Any] = {}
@@ -104,6 +112,10 @@ def rebuild(plan: ChannelPlan, masks: dict[int, np.ndarray]) -> Any:
                     + [fc.op.name for fc in {id(fc.op): fc for fc in plan.calls}.values()])
     slices = []
     for fc in plan.calls:
+        if is_gate(fc.op):
+            new_tensors[id(resolve(alias, fc.call.outputs[0]))] = \
+                new_tensors[id(resolve(alias, fc.call.inputs[0]))]
+            continue
         if id(fc.op) not in new_ops:
             # A nested layer whose name also exists elsewhere gets its model's name in front.
             name = fc.name.replace("/", "_") if names[fc.op.name] > 1 else fc.op.name
@@ -111,6 +123,8 @@ def rebuild(plan: ChannelPlan, masks: dict[int, np.ndarray]) -> Any:
             slices.append((fc, new_ops[id(fc.op)]))
         outputs = fc.call.replay(new_ops[id(fc.op)],
                                  lambda t: new_tensors[id(resolve(alias, t))])
+        if after_call is not None:
+            outputs = after_call(fc, outputs)
         for old, new in zip(fc.call.outputs, outputs):
             new_tensors[id(resolve(alias, old))] = new
 
@@ -123,7 +137,29 @@ def rebuild(plan: ChannelPlan, masks: dict[int, np.ndarray]) -> Any:
     for fc, new_op in slices:
         if getattr(fc.op, "weights", None):
             new_op.set_weights(_sliced_weights(fc, plan, masks))
-    return stripped
+    return stripped, new_ops
+
+
+def gate_keep(plan: ChannelPlan) -> dict[str, np.ndarray]:
+    """The channels the ChannelGates of a gated model keep (their hard masks)."""
+    keep: dict[str, np.ndarray] = {}
+    for fc in plan.calls:
+        if not is_gate(fc.op):
+            continue
+        in_map = fc.info.in_maps[0]
+        positions = fc.info.argument("positions", 1)
+        index = fc.info.argument("index", 2)
+        positions = np.arange(len(in_map)) if positions is None else np.asarray(positions)
+        group = plan.groups[plan.group_of_space[in_map.spaces[positions[0]]]]
+        mask = fc.op.hard_mask().numpy() > 0.5
+        order = np.arange(len(mask)) if index is None else np.asarray(index)
+        kept = np.zeros(group.channels, dtype=bool)
+        kept[in_map.index[positions]] = mask[order]
+        keep[group.name] = np.flatnonzero(kept)
+    if not keep:
+        raise ValueError("strip(model) needs keep={group_name: channel_indices} for a model "
+                         "without ChannelGates; groups are listed by dsa_tf.analyze(model).")
+    return keep
 
 
 def _kept(channel_map: Any, masks: dict[int, np.ndarray]) -> np.ndarray | None:

@@ -1,0 +1,157 @@
+"""The ChannelGate layer: one per channel group, applying DSA's masks wherever they must reach.
+
+A gate owns its group's state (all non-trainable Keras variables, so that the weight optimiser
+leaves them alone, traced train functions see every change, and checkpoints carry them):
+
+* ``theta``: the keep-ratio logit, keep ratio a = sigmoid(theta) (DSA's Theta, init 5.0);
+* ``importance``: the base importance b of each channel (|gamma| of the group's BatchNorms, or
+  the filters' L1 norm without BN), refreshed by :class:`dsa_tf.DSACallback`;
+* ``beta2``: the steepness of the keep probabilities;
+* ``step``: a counter that seeds the Bernoulli noise, so every call point of the group samples
+  the same mask within a step;
+* ``mode``: 0 open (warm-up: every channel kept in training), 1 stochastic (allocation),
+  2 frozen (the allocation ended: ``frozen_mask`` is used in training and inference);
+* ``frozen_mask``: the mask fixed when the allocation ended.
+
+In inference (``training=False``) the gate keeps the top-k channels by importance,
+k = max(min_channels, round(a * C)), or the frozen mask once frozen: exactly what
+:func:`dsa_tf.strip` removes.
+
+The same gate layer is called at every point of its group where a dropped channel could come
+back (after each convolution, BatchNorm, bias or shifting activation). At a point whose channel
+axis mixes several groups (after a Concatenate), the call names the ``positions`` of the axis
+that belong to the gate's group and their channel ``index``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+from dsa_tf import keep_process
+from dsa_tf._keras import default_keras
+
+OPEN, STOCHASTIC, FROZEN = 0, 1, 2
+
+
+def make_gate_class(keras: Any) -> type:
+    """The ChannelGate layer class for one Keras flavour (``keras`` or ``tf_keras``)."""
+
+    @keras.utils.register_keras_serializable(package="dsa_tf", name="ChannelGate")
+    class ChannelGate(keras.layers.Layer):
+        """Stochastic channel gate of one DSA channel group.
+
+        Args:
+            group: the name of the channel group (see :func:`dsa_tf.analyze`).
+            channels: the group's channel count C.
+            min_channels: the fewest channels the hard mask keeps.
+            seed: seed of the Bernoulli noise.
+            theta_init: initial keep-ratio logit (DSA: 5.0, keep ratio about 0.993).
+            importance_sources: names of the layers whose weights give the base importance.
+            budget: the gated model's budget as fractions, e.g. ``{"flops": 0.5}`` (the same
+                in every gate, recorded so that a saved gated model keeps it).
+
+        Example:
+            >>> import numpy as np, tensorflow as tf
+            >>> gate = ChannelGate(group="conv", channels=4)
+            >>> x = np.ones((1, 2, 2, 4), "float32")
+            >>> float(tf.reduce_sum(gate(x, training=False)))  # a ~ 0.993 keeps 4 of 4
+            16.0
+        """
+
+        def __init__(self, group: str, channels: int, min_channels: int = 1, seed: int = 0,
+                     theta_init: float = 5.0, importance_sources: tuple = (),
+                     budget: dict | None = None, **kwargs: Any):
+            super().__init__(**kwargs)
+            self.group = group
+            self.channels = int(channels)
+            self.min_channels = int(min_channels)
+            self.seed = int(seed)
+            self.theta_init = float(theta_init)
+            self.importance_sources = list(importance_sources)
+            self.budget = dict(budget or {})
+            self.theta = self.add_weight(name="theta", shape=(), trainable=False,
+                                         initializer=keras.initializers.Constant(theta_init))
+            self.importance = self.add_weight(name="importance", shape=(self.channels,),
+                                              trainable=False, initializer="ones")
+            self.beta2 = self.add_weight(name="beta2", shape=(), trainable=False,
+                                         initializer=keras.initializers.Constant(0.05))
+            self.step = self.add_weight(name="step", shape=(), trainable=False, dtype="int64",
+                                        initializer="zeros")
+            self.mode = self.add_weight(name="mode", shape=(), trainable=False, dtype="int64",
+                                        initializer="zeros")
+            self.frozen_mask = self.add_weight(name="frozen_mask", shape=(self.channels,),
+                                               trainable=False, initializer="ones")
+
+        def keep_ratio(self) -> tf.Tensor:
+            """The current keep ratio a = sigmoid(theta)."""
+            return tf.sigmoid(tf.convert_to_tensor(self.theta))
+
+        def hard_mask(self) -> tf.Tensor:
+            """The inference mask: frozen, or the top-k channels by importance."""
+            importance = tf.convert_to_tensor(self.importance)
+            return tf.cond(
+                tf.equal(tf.convert_to_tensor(self.mode), FROZEN),
+                lambda: tf.convert_to_tensor(self.frozen_mask),
+                lambda: keep_process.hard_mask(importance, self.keep_ratio(), self.min_channels))
+
+        def sampled_mask(self) -> tf.Tensor:
+            """A Bernoulli mask with a straight-through gradient to the keep ratio."""
+            importance = tf.convert_to_tensor(self.importance)
+            probabilities = keep_process.keep_probabilities(
+                importance, self.keep_ratio(), tf.convert_to_tensor(self.beta2))
+            step = tf.convert_to_tensor(self.step)
+            noise = tf.random.stateless_uniform(
+                [self.channels], seed=tf.stack([tf.constant(self.seed, tf.int64), step]),
+                dtype=importance.dtype)
+            return keep_process.sample_mask(probabilities, noise)
+
+        def training_mask(self) -> tf.Tensor:
+            mode = tf.convert_to_tensor(self.mode)
+            return tf.switch_case(tf.cast(mode, tf.int32), [
+                lambda: tf.ones([self.channels]),
+                self.sampled_mask,
+                lambda: tf.convert_to_tensor(self.frozen_mask),
+            ])
+
+        def call(self, inputs: Any, positions: list | None = None, index: list | None = None,
+                 training: bool | None = None) -> Any:
+            mask = self.training_mask() if training else self.hard_mask()
+            mask = tf.cast(mask, inputs.dtype)
+            if positions is not None:
+                width = inputs.shape[-1]
+                full = tf.tensor_scatter_nd_update(
+                    tf.ones([width], inputs.dtype), tf.constant(positions)[:, None],
+                    tf.gather(mask, index))
+                mask = full
+            return inputs * mask
+
+        def compute_output_shape(self, input_shape: Any) -> Any:
+            return input_shape
+
+        def get_config(self) -> dict:
+            return {**super().get_config(), "group": self.group, "channels": self.channels,
+                    "min_channels": self.min_channels, "seed": self.seed,
+                    "theta_init": self.theta_init,
+                    "importance_sources": list(self.importance_sources),
+                    "budget": dict(self.budget)}
+
+    return ChannelGate
+
+
+_CLASSES: dict[str, type] = {}
+
+
+def gate_class(keras: Any | None = None) -> type:
+    """The ChannelGate class for ``keras`` (default: ``tf.keras``), created once per flavour."""
+    keras = keras or default_keras()
+    key = keras.__name__.split(".")[0]
+    if key not in _CLASSES:
+        _CLASSES[key] = make_gate_class(keras)
+    return _CLASSES[key]
+
+
+def is_gate(layer: Any) -> bool:
+    """True for a ChannelGate of either Keras flavour."""
+    return any(isinstance(layer, cls) for cls in _CLASSES.values())

@@ -1,0 +1,225 @@
+"""prune_to_budget: copy a model and insert DSA's channel gates, one per prunable group.
+
+Example:
+    >>> import dsa_tf
+    >>> model = dsa_tf.models.cifar_resnet(20)
+    >>> gated = dsa_tf.prune_to_budget(model, budget=0.5)
+    >>> sorted(dsa_tf.keep_ratios(gated).items())[0][1] > 0.99   # gates start open
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from dsa_tf import _keras
+from dsa_tf.gates import gate_class, is_gate
+from dsa_tf.graph import ChannelPlan, FlatCall, analyze
+from dsa_tf.strip import rebuild
+
+RESOURCES = ("flops", "params")
+
+
+def budget_fractions(plan: ChannelPlan, budget: float | Mapping[str, float],
+                     resource: str = "flops", min_channels: int = 1) -> dict[str, float]:
+    """Validates a budget and returns it as fractions of the model's resources.
+
+    Args:
+        plan: the model's channel plan.
+        budget: a fraction (0 < budget <= 1) or an absolute count (> 1) of ``resource``, or a
+            dict ``{"flops": 0.5, "params": 0.4}`` of constraints that must all hold.
+        resource: "flops" or "params", when ``budget`` is a number.
+        min_channels: the fewest channels every group keeps.
+
+    Raises:
+        ValueError: for an unknown resource, a budget that is not a positive finite number, an
+            absolute budget above the model's resource, or a budget below the smallest value
+            reachable with ``min_channels`` channels in every prunable group (the message
+            states that minimum).
+    """
+    constraints = dict(budget) if isinstance(budget, Mapping) else {resource: budget}
+    if not constraints:
+        raise ValueError("budget is an empty dict; give at least one of 'flops', 'params'.")
+    if not plan.prunable:
+        raise ValueError(f"{plan.model.name!r} has no prunable channel group; "
+                         f"dsa_tf.analyze(model) lists every group and why it is not prunable.")
+    lowest = np.array([min(1.0, max(min_channels, 1) / g.channels) for g in plan.prunable])
+    fractions = {}
+    for name, value in constraints.items():
+        if name not in RESOURCES:
+            raise ValueError(f"Unknown resource {name!r}; use one of {RESOURCES}.")
+        model_of = getattr(plan, name)
+        full = model_of(np.ones(len(plan.prunable)))
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
+                or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"The {name} budget must be a positive finite number, got {value!r}.")
+        fraction = float(value) if value <= 1 else float(value) / full
+        if fraction > 1:
+            raise ValueError(f"The {name} budget {value:,} exceeds the model's {full:,.0f} {name}.")
+        reachable = model_of(lowest) / full
+        if fraction < reachable:
+            raise ValueError(
+                f"The {name} budget {fraction:.4f} (of the model's {full:,.0f}) cannot be met: "
+                f"with min_channels={min_channels} in every prunable group the smallest "
+                f"reachable value is {reachable:.4f} ({model_of(lowest):,.0f} {name}).")
+        fractions[name] = fraction
+    return fractions
+
+
+def prune_to_budget(model: Any, budget: float | Mapping[str, float], *,
+                    resource: str = "flops", exclude: Iterable[str] = (),
+                    min_channels: int = 1, seed: int | None = None) -> Any:
+    """Returns a copy of ``model`` with a ChannelGate for every prunable channel group.
+
+    The user's model is not touched: its layers are re-created and their weights copied. Train
+    the result with :class:`dsa_tf.DSACallback`; :func:`dsa_tf.strip` turns it into the smaller
+    plain model.
+
+    Args:
+        model: a functional or Sequential Keras model (Keras 3 or tf_keras).
+        budget: fraction of the model's resource (0 < budget <= 1), an absolute count, or a
+            dict of several constraints such as ``{"flops": 0.5, "params": 0.4}``.
+        resource: "flops" or "params" (for a numeric ``budget``).
+        exclude: layer names whose channels stay whole (see :func:`dsa_tf.analyze`).
+        min_channels: the fewest channels any group keeps.
+        seed: seed of the gates' Bernoulli noise (default: a fixed seed, 0).
+
+    Returns:
+        The gated Keras model. Every gate records the budget (as fractions) in its config, so
+        a gated model saved as ``.keras`` and loaded again still knows its budget.
+
+    Example:
+        >>> import dsa_tf
+        >>> gated = dsa_tf.prune_to_budget(dsa_tf.models.cifar_resnet(20), {"flops": 0.5})
+        >>> len(dsa_tf.keep_ratios(gated))
+        12
+    """
+    if min_channels < 1:
+        raise ValueError(f"min_channels must be at least 1, got {min_channels}.")
+    plan = analyze(model, exclude)
+    fractions = budget_fractions(plan, budget, resource, min_channels)
+    ChannelGate = gate_class(_keras.keras_of(model))
+    base_seed = 0 if seed is None else int(seed)
+    gates = {
+        g.name: ChannelGate(group=g.name, channels=g.channels, min_channels=min_channels,
+                            seed=base_seed * 100_003 + k, budget=fractions,
+                            name=f"gate_{g.name.replace('/', '_').replace(':', '_')}")
+        for k, g in enumerate(plan.prunable)
+    }
+
+    def insert_gates(fc: FlatCall, outputs: list) -> list:
+        if fc.rule is None or fc.opaque or fc.rule.preserves_zero(fc.op, fc.info):
+            return outputs
+        return [_gate(plan, gates, out, m) for out, m in zip(outputs, fc.out_maps)]
+
+    gated, new_layers = rebuild(plan, {}, after_call=insert_gates)
+    _set_importance_sources(plan, gates, new_layers)
+    refresh_importance(gated)
+    return gated
+
+
+def _gate(plan: ChannelPlan, gates: dict, tensor: Any, channel_map: Any) -> Any:
+    if channel_map is None:
+        return tensor
+    groups = plan.group_of_space[channel_map.spaces]
+    for g in np.unique(groups).tolist():
+        group = plan.groups[g]
+        if not group.prunable:
+            continue
+        positions = np.flatnonzero(groups == g)
+        whole = len(positions) == len(channel_map) == group.channels and np.array_equal(
+            channel_map.index, np.arange(group.channels))
+        if whole:
+            tensor = gates[group.name](tensor)
+        else:
+            tensor = gates[group.name](tensor, positions=positions.tolist(),
+                                       index=channel_map.index[positions].tolist())
+    return tensor
+
+
+def _set_importance_sources(plan: ChannelPlan, gates: dict, new_layers: dict) -> None:
+    """Each gate's importance comes from its group's BatchNorms, else its producers' filters."""
+    batch_norms: dict[str, list[str]] = {}
+    producers: dict[str, list[str]] = {}
+    for fc in plan.calls:
+        if fc.opaque or not fc.out_maps or fc.out_maps[0] is None:
+            continue
+        groups = np.unique(plan.group_of_space[fc.out_maps[0].spaces]).tolist()
+        if len(groups) != 1 or not plan.groups[groups[0]].prunable:
+            continue
+        group = plan.groups[groups[0]].name
+        new_name = new_layers[id(fc.op)].name
+        kind = type(fc.op).__name__
+        if kind == "BatchNormalization":
+            batch_norms.setdefault(group, []).append(new_name)
+        elif fc.name in plan.groups[groups[0]].producers:
+            producers.setdefault(group, []).append(new_name)
+    for name, gate in gates.items():
+        gate.importance_sources = batch_norms.get(name) or producers.get(name, [])
+
+
+def _layer_importance(layer: Any) -> tf.Tensor:
+    """|gamma| of a BatchNorm, or the L1 norm of each output filter of a conv / Dense."""
+    kind = type(layer).__name__
+    if kind == "BatchNormalization":
+        if layer.gamma is None:
+            return tf.ones(layer.beta.shape)
+        return tf.abs(tf.convert_to_tensor(layer.gamma))
+    kernel = layer.pointwise_kernel if kind.startswith("Separable") else layer.kernel
+    kernel = tf.abs(tf.convert_to_tensor(kernel))
+    out_axis = kernel.shape.rank - (2 if "Transpose" in kind else 1)
+    axes = [a for a in range(kernel.shape.rank) if a != out_axis]
+    return tf.reduce_sum(kernel, axis=axes)
+
+
+def gates_of(model: Any) -> list:
+    """The ChannelGate layers of a gated model, in network order."""
+    return [layer for layer in model.layers if is_gate(layer)]
+
+
+def refresh_importance(model: Any) -> None:
+    """Sets every gate's base importance from its source layers' current weights (detached).
+
+    A group with several sources (the BatchNorms of a residual stage) averages them.
+    """
+    for gate in gates_of(model):
+        values = [_layer_importance(model.get_layer(n)) for n in gate.importance_sources]
+        if values:
+            gate.importance.assign(tf.add_n(values) / len(values))
+
+
+def keep_ratios(model: Any) -> dict[str, float]:
+    """The current keep ratio of every gated group: ``{group_name: sigmoid(theta)}``.
+
+    Example:
+        >>> import dsa_tf
+        >>> gated = dsa_tf.prune_to_budget(dsa_tf.models.cifar_resnet(20), 0.5)
+        >>> round(dsa_tf.keep_ratios(gated)["conv2d_1"], 3)
+        0.993
+    """
+    gates = gates_of(model)
+    if not gates:
+        raise ValueError(f"{model.name!r} has no ChannelGate; make it with "
+                         f"dsa_tf.prune_to_budget(model, budget).")
+    return {gate.group: float(gate.keep_ratio()) for gate in gates}
+
+
+def set_keep_ratios(model: Any, ratios: Mapping[str, float]) -> None:
+    """Sets the keep ratio of the named groups (0 < ratio < 1; theta = logit(ratio)).
+
+    Raises:
+        ValueError: an unknown group name or a ratio outside (0, 1).
+    """
+    gates = {gate.group: gate for gate in gates_of(model)}
+    for name, ratio in ratios.items():
+        if name not in gates:
+            raise ValueError(f"No gated group {name!r}; gated groups are {sorted(gates)}.")
+        if not 0 < float(ratio) < 1:
+            raise ValueError(f"Keep ratio of {name!r} must be in (0, 1), got {ratio}.")
+    for name, ratio in ratios.items():
+        gates[name].theta.assign(math.log(ratio / (1 - ratio)))

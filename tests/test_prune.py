@@ -1,0 +1,152 @@
+"""prune_to_budget, ChannelGate and strip of a gated model."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import dsa_tf
+from dsa_tf import _keras
+from dsa_tf.gates import STOCHASTIC, is_gate
+from dsa_tf.prune import gates_of
+
+from masking import randomize
+from small_models import multi_io, sequential, unet
+
+
+def _inputs(model, rng):
+    arrays = [rng.normal(size=(2,) + _keras.shape_of(t)[1:]).astype("float32")
+              for t in _keras.model_inputs(model)]
+    return arrays if len(arrays) > 1 else arrays[0]
+
+
+def test_user_model_is_untouched_and_gates_start_open(keras):
+    model = dsa_tf.models.cifar_resnet(20, keras=keras)
+    randomize(model, np.random.default_rng(0))
+    before = [w.numpy().copy() for w in model.weights]
+    nodes = [len(layer._inbound_nodes) for layer in model.layers]
+    gated = dsa_tf.prune_to_budget(model, 0.5)
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, model.weights))
+    assert nodes == [len(layer._inbound_nodes) for layer in model.layers]
+    assert len(gates_of(gated)) == 12
+    x = _inputs(model, np.random.default_rng(1))
+    # Theta = 5 keeps round(0.993 * C) = C channels of these groups: the copy is exact.
+    np.testing.assert_allclose(gated(x, training=False), model(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gated(x, training=True), model(x, training=True),
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("build", [
+    lambda keras: dsa_tf.models.cifar_resnet(20, keras=keras), unet, multi_io, sequential])
+def test_strip_of_gated_model_matches_its_inference(keras, build):
+    rng = np.random.default_rng(3)
+    model = build(keras)
+    randomize(model, rng)
+    gated = dsa_tf.prune_to_budget(model, 0.5)
+    dsa_tf.set_keep_ratios(gated, {k: rng.uniform(0.1, 0.9) for k in dsa_tf.keep_ratios(gated)})
+    small = dsa_tf.strip(gated)
+    assert not any(is_gate(layer) for layer in small.layers)
+    x = _inputs(model, rng)
+    for expected, actual in zip(tf.nest.flatten(gated(x, training=False)),
+                                tf.nest.flatten(small(x))):
+        scale = float(np.abs(expected).max())
+        assert np.abs(np.asarray(expected) - np.asarray(actual)).max() <= 1e-5 * scale
+    plan = dsa_tf.analyze(model)
+    kept = [max(1, round(r * g.channels)) / g.channels
+            for r, g in zip(dsa_tf.keep_ratios(gated).values(), plan.prunable)]
+    assert dsa_tf.count_flops(small) == round(plan.flops(np.array(kept)))
+    assert dsa_tf.count_params(small) == round(plan.params(np.array(kept)))
+
+
+def test_gated_model_round_trips_as_keras_file(keras, tmp_path):
+    model = unet(keras)
+    gated = dsa_tf.prune_to_budget(model, {"flops": 0.5, "params": 0.6}, seed=4)
+    dsa_tf.set_keep_ratios(gated, {k: 0.4 for k in dsa_tf.keep_ratios(gated)})
+    path = str(tmp_path / "gated.keras")
+    gated.save(path)
+    loaded = keras.models.load_model(path)
+    assert dsa_tf.keep_ratios(loaded) == pytest.approx(dsa_tf.keep_ratios(gated))
+    assert gates_of(loaded)[0].budget == {"flops": 0.5, "params": 0.6}
+    x = _inputs(model, np.random.default_rng(0))
+    np.testing.assert_allclose(loaded(x, training=False), gated(x, training=False), atol=1e-6)
+
+
+def test_one_mask_per_group_and_step_at_every_gate_call(keras):
+    layers = keras.layers
+    inputs = keras.Input((6, 6, 3))
+    x = layers.Conv2D(16, 3, padding="same")(inputs)
+    x = layers.BatchNormalization()(x)
+    x = layers.Activation("sigmoid")(x)
+    model = keras.Model(inputs, layers.Conv2D(2, 1)(x))
+    randomize(model, np.random.default_rng(0))
+    gated = dsa_tf.prune_to_budget(model, 0.5, seed=7)
+    (gate,) = gates_of(gated)
+    taps = [fc.call.outputs[0] for fc in dsa_tf.analyze(gated).calls if is_gate(fc.op)]
+    assert len(taps) == 3  # after the conv's bias, the BatchNorm and the sigmoid
+    probe = keras.Model(gated.inputs[0], taps)
+    gate.mode.assign(STOCHASTIC)
+    dsa_tf.set_keep_ratios(gated, {gate.group: 0.5})
+    x = np.random.default_rng(1).normal(size=(2, 6, 6, 3)).astype("float32")
+    patterns = set()
+    for step in range(4):
+        gate.step.assign(step)
+        alive = [tuple((np.abs(np.asarray(t)).sum(axis=(0, 1, 2)) > 0).tolist())
+                 for t in probe(x, training=True)]
+        assert len(set(alive)) == 1  # the same channels are dropped at every call point
+        patterns.add(alive[0])
+    assert len(patterns) > 1  # a new mask each step
+
+
+def test_keep_ratio_gets_a_straight_through_gradient(keras):
+    model = dsa_tf.models.cifar_resnet(20, keras=keras)
+    gated = dsa_tf.prune_to_budget(model, 0.5)
+    gate = gates_of(gated)[1]
+    for g in gates_of(gated):
+        g.mode.assign(STOCHASTIC)
+    dsa_tf.set_keep_ratios(gated, {gate.group: 0.5})
+    x = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype("float32")
+    theta = _keras.tf_variable(gate.theta)
+    with tf.GradientTape() as tape:
+        tape.watch(theta)
+        loss = tf.reduce_mean(tf.square(gated(x, training=True)))
+    grad = tape.gradient(loss, theta)
+    assert grad is not None and math.isfinite(float(grad)) and float(grad) != 0.0
+
+
+@pytest.mark.parametrize("budget, resource, message", [
+    (0.0, "flops", "positive finite"),
+    (-0.5, "flops", "positive finite"),
+    (float("nan"), "flops", "positive finite"),
+    (0.5, "latency", "Unknown resource 'latency'"),
+    (1e12, "flops", "exceeds the model's"),
+    (0.001, "flops", r"smallest reachable value is 0\.0"),
+    ({}, "flops", "empty"),
+])
+def test_bad_budgets_are_refused_without_touching_the_model(keras, budget, resource, message):
+    model = dsa_tf.models.cifar_resnet(20, keras=keras)
+    before = [w.numpy().copy() for w in model.weights]
+    with pytest.raises(ValueError, match=message):
+        dsa_tf.prune_to_budget(model, budget, resource=resource)
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, model.weights))
+
+
+def test_absolute_budget_and_model_without_prunable_groups(keras):
+    model = dsa_tf.models.cifar_resnet(20, keras=keras)
+    gated = dsa_tf.prune_to_budget(model, 0.5 * dsa_tf.count_params(model), resource="params")
+    assert gates_of(gated)[0].budget == {"params": pytest.approx(0.5)}
+    inputs = keras.Input((4, 4, 3))
+    tiny = keras.Model(inputs, keras.layers.Conv2D(2, 1)(inputs))
+    with pytest.raises(ValueError, match="no prunable channel group"):
+        dsa_tf.prune_to_budget(tiny, 0.5)
+
+
+def test_set_keep_ratios_validates(keras):
+    gated = dsa_tf.prune_to_budget(dsa_tf.models.cifar_resnet(20, keras=keras), 0.5)
+    name = next(iter(dsa_tf.keep_ratios(gated)))
+    with pytest.raises(ValueError, match="No gated group"):
+        dsa_tf.set_keep_ratios(gated, {"nope": 0.5})
+    with pytest.raises(ValueError, match=r"in \(0, 1\)"):
+        dsa_tf.set_keep_ratios(gated, {name: 1.0})
+    with pytest.raises(ValueError, match="no ChannelGate"):
+        dsa_tf.keep_ratios(dsa_tf.models.cifar_resnet(20, keras=keras))
