@@ -10,6 +10,7 @@ Example:
 """
 
 from dsa_tf import models
+from dsa_tf.callbacks import DSACallback, allocation_report
 from dsa_tf.counting import count_flops, count_params
 from dsa_tf.gates import gate_class
 from dsa_tf.graph import ChannelPlan, Group, analyze
@@ -22,7 +23,9 @@ ChannelGate = gate_class()  # registered for loading saved gated models
 __all__ = [
     "ChannelGate",
     "ChannelPlan",
+    "DSACallback",
     "Group",
+    "allocation_report",
     "analyze",
     "count_flops",
     "count_params",

@@ -11,7 +11,10 @@ leaves them alone, traced train functions see every change, and checkpoints carr
   the same mask within a step;
 * ``mode``: 0 open (warm-up: every channel kept in training), 1 stochastic (allocation),
   2 frozen (the allocation ended: ``frozen_mask`` is used in training and inference);
-* ``frozen_mask``: the mask fixed when the allocation ended.
+* ``frozen_mask``: the mask fixed when the allocation ended;
+* the group's ADMM state (``z``, ``u2``, ``adam_m``, ``adam_v``) and, identical in every gate
+  of a model, the shared part (``u1`` per constraint, ``loss_grad_sq``, ``admm_step``): see
+  :mod:`dsa_tf.admm`. :class:`dsa_tf.DSACallback` reads and writes them.
 
 In inference (``training=False``) the gate keeps the top-k channels by importance,
 k = max(min_channels, round(a * C)), or the frozen mask once frozen: exactly what
@@ -51,6 +54,7 @@ def make_gate_class(keras: Any) -> type:
             importance_sources: names of the layers whose weights give the base importance.
             budget: the gated model's budget as fractions, e.g. ``{"flops": 0.5}`` (the same
                 in every gate, recorded so that a saved gated model keeps it).
+            exclude: the layer names excluded from pruning when the model was gated.
 
         Example:
             >>> import numpy as np, tensorflow as tf
@@ -62,7 +66,7 @@ def make_gate_class(keras: Any) -> type:
 
         def __init__(self, group: str, channels: int, min_channels: int = 1, seed: int = 0,
                      theta_init: float = 5.0, importance_sources: tuple = (),
-                     budget: dict | None = None, **kwargs: Any):
+                     budget: dict | None = None, exclude: tuple = (), **kwargs: Any):
             super().__init__(**kwargs)
             self.group = group
             self.channels = int(channels)
@@ -71,6 +75,7 @@ def make_gate_class(keras: Any) -> type:
             self.theta_init = float(theta_init)
             self.importance_sources = list(importance_sources)
             self.budget = dict(budget or {})
+            self.exclude = list(exclude)
             self.theta = self.add_weight(name="theta", shape=(), trainable=False,
                                          initializer=keras.initializers.Constant(theta_init))
             self.importance = self.add_weight(name="importance", shape=(self.channels,),
@@ -83,6 +88,14 @@ def make_gate_class(keras: Any) -> type:
                                         initializer="zeros")
             self.frozen_mask = self.add_weight(name="frozen_mask", shape=(self.channels,),
                                                trainable=False, initializer="ones")
+            constant = keras.initializers.Constant
+            for name, init in (("z", constant(theta_init)), ("u2", "zeros"),
+                               ("adam_m", "zeros"), ("adam_v", "zeros"),
+                               ("loss_grad_sq", "zeros"), ("admm_step", "zeros")):
+                setattr(self, name, self.add_weight(name=name, shape=(), trainable=False,
+                                                    initializer=init))
+            self.u1 = self.add_weight(name="u1", shape=(max(1, len(self.budget)),),
+                                      trainable=False, initializer="zeros")
 
         def keep_ratio(self) -> tf.Tensor:
             """The current keep ratio a = sigmoid(theta)."""
@@ -135,7 +148,7 @@ def make_gate_class(keras: Any) -> type:
                     "min_channels": self.min_channels, "seed": self.seed,
                     "theta_init": self.theta_init,
                     "importance_sources": list(self.importance_sources),
-                    "budget": dict(self.budget)}
+                    "budget": dict(self.budget), "exclude": list(self.exclude)}
 
     return ChannelGate
 

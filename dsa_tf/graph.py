@@ -317,7 +317,7 @@ def analyze(model: Any, exclude: Iterable[str] = ()) -> ChannelPlan:
         >>> import dsa_tf
         >>> plan = dsa_tf.analyze(dsa_tf.models.cifar_resnet(20))
         >>> [(g.name, g.channels) for g in plan.prunable][:2]
-        [('conv2d', 16), ('conv2d_1', 16)]
+        [('stem_conv', 16), ('stage1_block1_1_conv', 16)]
     """
     if not _keras.is_functional(model):
         raise ValueError(

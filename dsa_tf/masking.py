@@ -34,7 +34,7 @@ def masked_call(model: Any, keep: Mapping[str, Iterable[int]], inputs: Any, *,
         >>> import numpy as np, dsa_tf
         >>> model = dsa_tf.models.cifar_resnet(20)
         >>> x = np.zeros((1, 32, 32, 3), "float32")
-        >>> keep = {"conv2d_1": range(8)}
+        >>> keep = {"stage1_block1_1_conv": range(8)}
         >>> out = dsa_tf.masked_call(model, keep, x)[0]
         >>> bool(np.allclose(out, dsa_tf.strip(model, keep)(x), atol=1e-5))
         True

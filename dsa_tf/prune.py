@@ -108,6 +108,7 @@ def prune_to_budget(model: Any, budget: float | Mapping[str, float], *,
     gates = {
         g.name: ChannelGate(group=g.name, channels=g.channels, min_channels=min_channels,
                             seed=base_seed * 100_003 + k, budget=fractions,
+                            exclude=sorted(set(exclude)),
                             name=f"gate_{g.name.replace('/', '_').replace(':', '_')}")
         for k, g in enumerate(plan.prunable)
     }
@@ -199,7 +200,7 @@ def keep_ratios(model: Any) -> dict[str, float]:
     Example:
         >>> import dsa_tf
         >>> gated = dsa_tf.prune_to_budget(dsa_tf.models.cifar_resnet(20), 0.5)
-        >>> round(dsa_tf.keep_ratios(gated)["conv2d_1"], 3)
+        >>> round(dsa_tf.keep_ratios(gated)["stage1_block1_1_conv"], 3)
         0.993
     """
     gates = gates_of(model)

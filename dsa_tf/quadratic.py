@@ -11,7 +11,7 @@ Example:
     >>> n_out = Quadratic.linear(np.array([0.0, 32.0]), 0.0)  # group 1 has 32
     >>> flops = 2 * 9 * n_in * n_out                          # a 3x3 conv, one pixel
     >>> float(flops(np.array([0.5, 0.25])))
-    576.0
+    1152.0
 """
 
 from __future__ import annotations

@@ -63,7 +63,8 @@ def strip(model: Any, keep: Mapping[str, Iterable[int]] | None = None, *,
         model: a functional or Sequential Keras model (Keras 3 or tf_keras).
         keep: for each channel group to prune (names from :func:`dsa_tf.analyze`), the indices
             of the channels to keep. Groups not listed keep all their channels.
-        exclude: layer names to keep whole, as for :func:`dsa_tf.analyze`.
+        exclude: layer names to keep whole, as for :func:`dsa_tf.analyze` (a gated model
+            remembers the ``exclude`` it was made with).
 
     Returns:
         A new functional model of standard Keras layers whose outputs equal the original
@@ -77,11 +78,12 @@ def strip(model: Any, keep: Mapping[str, Iterable[int]] | None = None, *,
     Example:
         >>> import dsa_tf
         >>> model = dsa_tf.models.cifar_resnet(20)
-        >>> small = dsa_tf.strip(model, keep={"conv2d_1": range(8)})
+        >>> small = dsa_tf.strip(model, keep={"stage1_block1_1_conv": range(8)})
         >>> dsa_tf.count_params(small) < dsa_tf.count_params(model)
         True
     """
-    plan = analyze(model, exclude)
+    gates = [layer for layer in model.layers if is_gate(layer)]
+    plan = analyze(model, exclude or (gates[0].exclude if gates else ()))
     if keep is None:
         keep = gate_keep(plan)
     return rebuild(plan, space_masks(plan, keep))[0]
@@ -140,22 +142,28 @@ def rebuild(plan: ChannelPlan, masks: dict[int, np.ndarray],
     return stripped, new_ops
 
 
+def gate_group(plan: ChannelPlan, fc: FlatCall) -> tuple[int, np.ndarray, np.ndarray]:
+    """For a ChannelGate call: its group (index into ``plan.groups``), the positions of the
+    gated tensor's channel axis it masks, and the gate channel of each position."""
+    in_map = fc.info.in_maps[0]
+    positions = fc.info.argument("positions", 1)
+    index = fc.info.argument("index", 2)
+    positions = np.arange(len(in_map)) if positions is None else np.asarray(positions)
+    index = np.arange(len(positions)) if index is None else np.asarray(index)
+    return int(plan.group_of_space[in_map.spaces[positions[0]]]), positions, index
+
+
 def gate_keep(plan: ChannelPlan) -> dict[str, np.ndarray]:
     """The channels the ChannelGates of a gated model keep (their hard masks)."""
     keep: dict[str, np.ndarray] = {}
     for fc in plan.calls:
         if not is_gate(fc.op):
             continue
-        in_map = fc.info.in_maps[0]
-        positions = fc.info.argument("positions", 1)
-        index = fc.info.argument("index", 2)
-        positions = np.arange(len(in_map)) if positions is None else np.asarray(positions)
-        group = plan.groups[plan.group_of_space[in_map.spaces[positions[0]]]]
+        g, positions, index = gate_group(plan, fc)
         mask = fc.op.hard_mask().numpy() > 0.5
-        order = np.arange(len(mask)) if index is None else np.asarray(index)
-        kept = np.zeros(group.channels, dtype=bool)
-        kept[in_map.index[positions]] = mask[order]
-        keep[group.name] = np.flatnonzero(kept)
+        kept = np.zeros(plan.groups[g].channels, dtype=bool)
+        kept[fc.info.in_maps[0].index[positions]] = mask[index]
+        keep[plan.groups[g].name] = np.flatnonzero(kept)
     if not keep:
         raise ValueError("strip(model) needs keep={group_name: channel_indices} for a model "
                          "without ChannelGates; groups are listed by dsa_tf.analyze(model).")

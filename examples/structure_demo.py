@@ -48,10 +48,10 @@ def main(argv: list[str]) -> None:
     plan = dsa_tf.analyze(model)
     print(f"{model.name}: {len(plan.groups)} channel groups, {len(plan.prunable)} prunable "
           f"(analysed in {time.perf_counter() - started:.2f} s)\n")
-    print(f"{'group':<12} {'channels':>8} {'producers':>9} {'layers':>6}  prunable")
+    print(f"{'group':<22} {'channels':>8} {'producers':>9} {'layers':>6}  prunable")
     for group in plan.groups:
         status = "yes" if group.prunable else f"no: {group.reason}"
-        print(f"{group.name:<12} {group.channels:>8} {len(group.producers):>9} "
+        print(f"{group.name:<22} {group.channels:>8} {len(group.producers):>9} "
               f"{len(group.layers):>6}  {status}")
 
     keep = l1_keep(model, plan, KEEP.value)

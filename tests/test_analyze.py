@@ -16,7 +16,7 @@ def test_cifar_resnet_groups_follow_the_paper(keras):
     assert sorted(len(g.producers) for g in stage_groups) == [4, 4, 4]
     assert sorted(g.channels for g in stage_groups) == [16, 32, 64]
     assert all(len(g.producers) == 1 for g in plan.prunable if g not in stage_groups)
-    logits = plan.group("dense")
+    logits = plan.group("logits")
     assert not logits.prunable and "model output" in logits.reason
     assert [g.reason for g in plan.groups if g.name.startswith("input:")] == ["model input"]
     assert len(dsa_tf.analyze(dsa_tf.models.cifar_resnet(56, keras=keras)).prunable) == 30
@@ -56,9 +56,9 @@ def test_nested_model_layers_are_qualified(keras):
 
 def test_exclude_keeps_channels_whole(keras):
     model = dsa_tf.models.cifar_resnet(20, keras=keras)
-    plan = dsa_tf.analyze(model, exclude=["conv2d_1"])
+    plan = dsa_tf.analyze(model, exclude=["stage1_block1_1_conv"])
     assert len(plan.prunable) == 11
-    assert "excluded layer 'conv2d_1'" in plan.group("conv2d_1").reason
+    assert "excluded layer 'stage1_block1_1_conv'" in plan.group("stage1_block1_1_conv").reason
     with pytest.raises(ValueError, match="unknown layers"):
         dsa_tf.analyze(model, exclude=["no_such_layer"])
 

@@ -33,12 +33,14 @@ def cifar_resnet(
             ``tf.keras``.
 
     Returns:
-        An unbuilt-weights, compiled-free ``keras.Model`` named ``resnet{depth}``.
+        An uncompiled ``keras.Model`` named ``resnet{depth}``, with layer names such as
+        ``stem_conv``, ``stage2_block1_1_conv`` (first conv of a block), ``stage2_block1_2_bn``
+        and ``logits``, so that channel-group names are stable.
 
     Example:
         >>> model = cifar_resnet(20)
         >>> model.count_params()
-        272474
+        274042
     """
     if depth < 8 or (depth - 2) % 6:
         raise ValueError(f"depth must be 6n + 2 (20, 32, 44, 56, 110...), got {depth}")
@@ -47,25 +49,26 @@ def cifar_resnet(
     blocks = (depth - 2) // 6
     regularizer = keras.regularizers.L2(weight_decay) if weight_decay else None
 
-    def conv(x: Any, filters: int, kernel: int, stride: int = 1) -> Any:
-        return layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
-                             kernel_initializer="he_normal", kernel_regularizer=regularizer)(x)
+    def conv_bn(x: Any, filters: int, kernel: int, stride: int, name: str) -> Any:
+        x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
+                          kernel_initializer="he_normal", kernel_regularizer=regularizer,
+                          name=f"{name}_conv")(x)
+        return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
 
-    def bn(x: Any) -> Any:
-        return layers.BatchNormalization(momentum=0.9, epsilon=1e-5)(x)
-
-    inputs = keras.Input(shape=input_shape)
-    x = layers.ReLU()(bn(conv(inputs, 16, 3)))
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = layers.ReLU(name="stem_relu")(conv_bn(inputs, 16, 3, 1, "stem"))
     for stage, filters in enumerate((16, 32, 64)):
         for block in range(blocks):
+            name = f"stage{stage + 1}_block{block + 1}"
             stride = 2 if stage > 0 and block == 0 else 1
             shortcut = x
             if x.shape[-1] != filters or stride != 1:
-                shortcut = bn(conv(x, filters, 1, stride))
-            y = layers.ReLU()(bn(conv(x, filters, 3, stride)))
-            y = bn(conv(y, filters, 3))
-            x = layers.ReLU()(layers.Add()([shortcut, y]))
-    x = layers.GlobalAveragePooling2D()(x)
+                shortcut = conv_bn(x, filters, 1, stride, f"{name}_shortcut")
+            y = layers.ReLU(name=f"{name}_relu1")(conv_bn(x, filters, 3, stride, f"{name}_1"))
+            y = conv_bn(y, filters, 3, 1, f"{name}_2")
+            x = layers.Add(name=f"{name}_add")([shortcut, y])
+            x = layers.ReLU(name=f"{name}_relu2")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = layers.Dense(num_classes, kernel_initializer="he_normal",
-                           kernel_regularizer=regularizer)(x)
+                           kernel_regularizer=regularizer, name="logits")(x)
     return keras.Model(inputs, outputs, name=f"resnet{depth}")

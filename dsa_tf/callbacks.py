@@ -1,0 +1,292 @@
+"""DSACallback: DSA's budgeted allocation of channels inside an ordinary ``model.fit``.
+
+Example:
+    >>> import numpy as np, tensorflow as tf, dsa_tf
+    >>> model = dsa_tf.models.cifar_resnet(20, input_shape=(8, 8, 3))
+    >>> gated = dsa_tf.prune_to_budget(model, budget=0.5)
+    >>> gated.compile("sgd", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    >>> x, y = np.random.rand(64, 8, 8, 3).astype("float32"), np.arange(64) % 10
+    >>> data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    >>> callback = dsa_tf.DSACallback(data, warmup_epochs=0, update_every=1, verbose=0)
+    >>> history = gated.fit(data, epochs=20, callbacks=[callback], verbose=0)
+    >>> history.history["dsa_flops_hard"][-1] <= 0.5
+    True
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from dsa_tf import _keras, admm, keep_process
+from dsa_tf.gates import FROZEN, OPEN, STOCHASTIC
+from dsa_tf.graph import analyze
+from dsa_tf.prune import gates_of, refresh_importance
+from dsa_tf.strip import gate_group
+
+PHASES = {OPEN: "warm-up", STOCHASTIC: "allocation", FROZEN: "fine-tuning"}
+
+
+class DSACallback(_keras.default_keras().callbacks.Callback):
+    """Learns every group's keep ratio under the budget while ``fit`` trains the weights.
+
+    Phases (stored in the gates' ``mode`` variables, so checkpoints carry them):
+
+    1. warm-up, for ``warmup_epochs`` epochs: plain training, gates open;
+    2. allocation: gates sample DSA's Bernoulli masks; every ``update_every`` weight steps, one
+       ADMM iteration (:func:`dsa_tf.admm.admm_iteration`): a Theta step on the next batch of
+       ``alpha_data`` (repeated as needed), 50 z steps, the dual update. The steepness beta2
+       starts at 0.05 and grows 1.1x per epoch. Base importances are refreshed from the
+       BatchNorm |gamma| (or filter L1 norms) before every weight step;
+    3. fine-tuning: as soon as the hard configuration (top-k channels, k = max(min_channels,
+       round(a * C))) meets every budget, the masks are frozen and logged, and training goes on
+       with fixed masks to the end of ``fit``.
+
+    How long the allocation takes: the ADMM reaches budgets from 0.25 to 0.9 within 150
+    iterations in simulation (see :mod:`dsa_tf.admm`), so within ``150 * update_every`` weight
+    steps from the start of the allocation, i.e. ``150 * update_every / steps_per_epoch``
+    epochs (CIFAR-10, batch 128, 90% split, update_every=20: about 8.5 epochs).
+
+    The epoch logs (progress bar, History, CSVLogger) get ``dsa_phase`` (0 warm-up,
+    1 allocation, 2 fine-tuning), ``dsa_beta2``, and per constraint ``dsa_<resource>_expected``
+    (the resource at the current keep ratios) and ``dsa_<resource>_hard`` (the resource of
+    the hard configuration, what :func:`dsa_tf.strip` gives), both as fractions.
+
+    Args:
+        alpha_data: the held-out data for the keep-ratio (Theta) steps: a ``tf.data.Dataset``
+            or any re-iterable of ``(x, y)`` or ``(x, y, sample_weight)`` batches.
+        warmup_epochs: plain-training epochs before the allocation (paper: 20 of 300).
+        update_every: weight steps per ADMM iteration (paper: 20).
+        loss: loss for the Theta steps, ``loss(y_true, y_pred)``; default: the model's
+            compiled loss (a single loss).
+        beta2_init: initial steepness of the keep probabilities (paper: 0.05).
+        beta2_growth: per-epoch growth factor of beta2 during allocation (paper: 1.1).
+        theta_learning_rate: Adam learning rate of Theta (see :mod:`dsa_tf.admm`).
+        verbose: 1 prints a line at every phase change.
+    """
+
+    def __init__(self, alpha_data: Iterable, *, warmup_epochs: int = 20, update_every: int = 20,
+                 loss: Any = None, beta2_init: float = 0.05, beta2_growth: float = 1.1,
+                 theta_learning_rate: float = admm.THETA_LEARNING_RATE, verbose: int = 1):
+        super().__init__()
+        if warmup_epochs < 0 or update_every < 1:
+            raise ValueError("warmup_epochs must be >= 0 and update_every >= 1.")
+        self.alpha_data = alpha_data
+        self.warmup_epochs = int(warmup_epochs)
+        self.update_every = int(update_every)
+        self.loss = loss
+        self.beta2_init = float(beta2_init)
+        self.beta2_growth = float(beta2_growth)
+        self.theta_learning_rate = float(theta_learning_rate)
+        self.verbose = verbose
+        self._batches = None
+
+    # ----------------------------------------------------------------- set-up
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        model = self.model
+        self.gates = gates_of(model)
+        if not self.gates:
+            raise ValueError(f"DSACallback needs a model made by dsa_tf.prune_to_budget; "
+                             f"{model.name!r} has no ChannelGate.")
+        if _steps_per_execution(model) > 1:
+            raise ValueError("DSACallback counts weight steps in batch callbacks: compile the "
+                             "model with steps_per_execution=1.")
+        self.resources = list(self.gates[0].budget)
+        self._resource_model()
+        self._loss_fn = self._resolve_loss()
+        self._batches = self._alpha_batches()
+        self._update = tf.function(self._admm_update)
+        if self._phase() == OPEN and self.gates[0].admm_step.numpy() == 0:
+            for gate in self.gates:
+                gate.beta2.assign(self.beta2_init)
+
+    def _resource_model(self) -> None:
+        """The normalised resource model of each constraint, in the gates' order."""
+        plan = analyze(self.model, self.gates[0].exclude)
+        perm = gate_order(plan, self.gates)
+        forms = [getattr(plan, name) for name in self.resources]
+        full = [form(np.ones(len(plan.prunable))) for form in forms]
+        self.A = tf.constant(np.stack([f.A[np.ix_(perm, perm)] / t for f, t in zip(forms, full)]),
+                             tf.float32)
+        self.b = tf.constant(np.stack([f.b[perm] / t for f, t in zip(forms, full)]), tf.float32)
+        self.c = tf.constant([f.c / t for f, t in zip(forms, full)], tf.float32)
+        self.budgets = tf.constant([self.gates[0].budget[n] for n in self.resources], tf.float32)
+
+    def _resolve_loss(self) -> Any:
+        loss = self.loss if self.loss is not None else getattr(self.model, "loss", None)
+        if loss is None:
+            raise ValueError("DSACallback needs a loss: compile the model with one, or pass "
+                             "loss=... to DSACallback.")
+        if isinstance(loss, (dict, list, tuple)):
+            raise ValueError("The model has several losses; pass DSACallback(loss=...) for the "
+                             "keep-ratio steps.")
+        return _keras.keras_of(self.model).losses.get(loss) if isinstance(loss, str) else loss
+
+    def _alpha_batches(self) -> Any:
+        """An endless iterator over alpha_data (checked to yield at least one batch)."""
+        data = self.alpha_data
+        if isinstance(data, tf.data.Dataset):
+            data = data.repeat()
+
+        def forever() -> Any:
+            while True:
+                empty = True
+                for batch in data:
+                    empty = False
+                    yield batch
+                if empty:
+                    return
+
+        batches = forever()
+        try:
+            first = next(batches)
+        except StopIteration:
+            raise ValueError("alpha_data yielded no batch.") from None
+        if not isinstance(first, (tuple, list)) or len(first) < 2:
+            raise ValueError("alpha_data must yield (x, y) or (x, y, sample_weight) batches.")
+        return itertools.chain([first], batches)
+
+    # ------------------------------------------------------------- the phases
+    def _phase(self) -> int:
+        return int(self.gates[0].mode.numpy())
+
+    def _set_phase(self, phase: int) -> None:
+        for gate in self.gates:
+            gate.mode.assign(phase)
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if self._phase() == OPEN and epoch >= self.warmup_epochs:
+            refresh_importance(self.model)
+            self._set_phase(STOCHASTIC)
+            self._say(f"allocation starts at epoch {epoch + 1}")
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if self._phase() == STOCHASTIC:
+            refresh_importance(self.model)
+            for gate in self.gates:
+                gate.step.assign_add(1)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self._phase() != STOCHASTIC or int(self.gates[0].step.numpy()) % self.update_every:
+            return
+        x, y = next(self._batches)[:2]
+        self._update(x, y)
+        hard = self._ratios(hard=True)
+        if all(hard[n] <= self.gates[0].budget[n] for n in self.resources):
+            refresh_importance(self.model)
+            for gate in self.gates:
+                gate.frozen_mask.assign(gate.hard_mask())
+            self._set_phase(FROZEN)
+            summary = ", ".join(f"{n} {hard[n]:.4f} <= {self.gates[0].budget[n]:.4f}"
+                                for n in self.resources)
+            self._say(f"budget met after {int(self.gates[0].admm_step.numpy())} ADMM "
+                      f"iterations ({summary}); masks frozen, fine-tuning")
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self._phase() == STOCHASTIC:
+            for gate in self.gates:
+                gate.beta2.assign(gate.beta2 * self.beta2_growth)
+        if logs is not None:
+            logs["dsa_phase"] = float(self._phase())
+            logs["dsa_beta2"] = float(self.gates[0].beta2.numpy())
+            expected, hard = self._ratios(hard=False), self._ratios(hard=True)
+            for name in self.resources:
+                logs[f"dsa_{name}_expected"] = expected[name]
+                logs[f"dsa_{name}_hard"] = hard[name]
+
+    # ------------------------------------------------------------ the updates
+    def _ratios(self, hard: bool) -> dict[str, float]:
+        ratios = []
+        for gate in self.gates:
+            a = gate.keep_ratio()
+            if hard:
+                kept = keep_process.kept_count(a, gate.channels, gate.min_channels)
+                a = tf.cast(kept, tf.float32) / gate.channels
+            ratios.append(a)
+        values = admm.resource_ratios(tf.stack(ratios), self.A, self.b, self.c).numpy()
+        return {name: float(v) for name, v in zip(self.resources, values)}
+
+    def _admm_update(self, x: Any, y: Any) -> None:
+        thetas = [_keras.tf_variable(gate.theta) for gate in self.gates]
+        with tf.GradientTape() as tape:
+            tape.watch(thetas)
+            loss = self._loss_fn(y, self.model(x, training=True))
+        grads = [tf.zeros([]) if g is None else g for g in tape.gradient(loss, thetas)]
+        first = self.gates[0]
+        state = admm.ADMMState(
+            theta=tf.stack(thetas), z=self._stack("z"), u1=tf.convert_to_tensor(first.u1),
+            u2=self._stack("u2"), adam_m=self._stack("adam_m"), adam_v=self._stack("adam_v"),
+            loss_grad_sq=tf.convert_to_tensor(first.loss_grad_sq),
+            step=tf.convert_to_tensor(first.admm_step))
+        new = admm.admm_iteration(state, tf.stack(grads), self.A, self.b, self.c, self.budgets,
+                                  theta_learning_rate=self.theta_learning_rate)
+        for k, gate in enumerate(self.gates):
+            for name in ("theta", "z", "u2", "adam_m", "adam_v"):
+                getattr(gate, name).assign(getattr(new, name)[k])
+            gate.u1.assign(new.u1)
+            gate.loss_grad_sq.assign(new.loss_grad_sq)
+            gate.admm_step.assign(new.step)
+
+    def _stack(self, name: str) -> tf.Tensor:
+        return tf.stack([tf.convert_to_tensor(getattr(g, name)) for g in self.gates])
+
+    def _say(self, message: str) -> None:
+        if self.verbose:
+            print(f"DSA: {message}", flush=True)
+
+
+def gate_order(plan: Any, gates: list) -> np.ndarray:
+    """For each gate, the index of its group in ``plan.prunable``."""
+    prunable = {plan.groups.index(g): k for k, g in enumerate(plan.prunable)}
+    order = {}
+    for fc in plan.calls:
+        if any(fc.op is gate for gate in gates) and fc.op.name not in order:
+            order[fc.op.name] = prunable[gate_group(plan, fc)[0]]
+    return np.array([order[gate.name] for gate in gates])
+
+
+def _steps_per_execution(model: Any) -> int:
+    value = getattr(model, "steps_per_execution", None)
+    if value is None:
+        value = getattr(model, "_steps_per_execution", None)
+    if value is None:
+        return 1
+    return int(value.numpy() if hasattr(value, "numpy") else value)
+
+
+def allocation_report(model: Any) -> list[dict]:
+    """Per gated group: name, channels, kept channels, keep ratio and share of the FLOPs.
+
+    ``kept`` is the hard configuration (what :func:`dsa_tf.strip` keeps); ``flops_share`` is
+    the group's part of the full model's FLOPs, counting each convolution between two groups
+    half to each.
+
+    Example:
+        >>> import dsa_tf
+        >>> gated = dsa_tf.prune_to_budget(dsa_tf.models.cifar_resnet(20), 0.5)
+        >>> row = dsa_tf.allocation_report(gated)[0]
+        >>> sorted(row)
+        ['channels', 'flops_share', 'group', 'keep_ratio', 'kept']
+    """
+    gates = gates_of(model)
+    if not gates:
+        raise ValueError(f"{model.name!r} has no ChannelGate; make it with "
+                         f"dsa_tf.prune_to_budget(model, budget).")
+    plan = analyze(model, gates[0].exclude)
+    ones = np.ones(len(plan.prunable))
+    flops = plan.flops
+    total = flops(ones)
+    # d F / d a_k at a = 1 splits every product term between its two groups.
+    share = ((flops.A + flops.A.T) @ ones / 2 + flops.b) / total
+    rows = []
+    for gate, k in zip(gates, gate_order(plan, gates)):
+        a = float(gate.keep_ratio())
+        kept = int(gate.frozen_mask.numpy().sum()) if int(gate.mode.numpy()) == FROZEN else int(
+            keep_process.kept_count(a, gate.channels, gate.min_channels))
+        rows.append({"group": gate.group, "channels": gate.channels, "kept": kept,
+                     "keep_ratio": a, "flops_share": float(share[k])})
+    return rows

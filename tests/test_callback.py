@@ -1,0 +1,102 @@
+"""DSACallback: the budget is reached inside model.fit, strip meets it, state survives."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import dsa_tf
+from dsa_tf.gates import FROZEN, STOCHASTIC
+from dsa_tf.prune import gates_of
+
+
+def _small_net(keras):
+    layers = keras.layers
+    inputs = keras.Input((8, 8, 3))
+    x = layers.ReLU()(layers.BatchNormalization()(layers.Conv2D(16, 3, padding="same")(inputs)))
+    y = layers.ReLU()(layers.BatchNormalization()(layers.Conv2D(16, 3, padding="same")(x)))
+    y = layers.BatchNormalization()(layers.Conv2D(16, 3, padding="same")(y))
+    x = layers.ReLU()(layers.Add()([x, y]))
+    x = layers.ReLU()(layers.BatchNormalization()(layers.Conv2D(32, 3, strides=2)(x)))
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(4)(x), name="small_net")
+
+
+def _data(n=128, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 8, 8, 3)).astype("float32")
+    y = (x[:, :4, :4, 0].mean(axis=(1, 2)) > 0).astype("int64") + 2 * (x[:, 4:, 4:, 1].mean(
+        axis=(1, 2)) > 0)
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+
+
+def _fit(keras, budget, epochs, callbacks=(), gated=None, **callback_args):
+    gated = gated or dsa_tf.prune_to_budget(_small_net(keras), budget, seed=1)
+    gated.compile(keras.optimizers.SGD(0.05, momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    args = {"warmup_epochs": 1, "update_every": 1, "verbose": 0, **callback_args}
+    callback = dsa_tf.DSACallback(_data(64, seed=1), **args)
+    history = gated.fit(_data(), epochs=epochs, callbacks=[callback, *callbacks], verbose=0)
+    return gated, history.history
+
+
+# 8 batches per epoch and one ADMM iteration per batch: the documented bound of 150
+# iterations is 19 epochs of allocation after 1 warm-up epoch.
+EPOCHS = 20
+
+
+@pytest.mark.parametrize("budget", [{"flops": 0.5}, {"params": 0.5},
+                                    {"flops": 0.6, "params": 0.4}])
+def test_budget_is_reached_and_strip_meets_it(keras, budget):
+    model = _small_net(keras)
+    gated, history = _fit(keras, budget, EPOCHS)
+    assert history["dsa_phase"][0] == 0 and history["dsa_phase"][-1] == 2
+    assert all(int(g.mode.numpy()) == FROZEN for g in gates_of(gated))
+    small = dsa_tf.strip(gated)
+    counts = {"flops": dsa_tf.count_flops, "params": dsa_tf.count_params}
+    for name, fraction in budget.items():
+        ratio = counts[name](small) / counts[name](model)
+        assert ratio <= fraction
+        assert history[f"dsa_{name}_hard"][-1] == pytest.approx(ratio, abs=1e-6)
+    x = next(iter(_data()))[0]
+    np.testing.assert_allclose(small(x), gated(x, training=False), rtol=1e-4, atol=1e-4)
+
+
+def test_allocation_state_survives_a_checkpoint(keras, tmp_path):
+    gated, history = _fit(keras, 0.5, 3)
+    assert history["dsa_phase"][-1] == 1  # still allocating
+    path = str(tmp_path / "mid.weights.h5")
+    gated.save_weights(path)
+    state = [w.numpy().copy() for g in gates_of(gated) for w in g.weights]
+    fresh = dsa_tf.prune_to_budget(_small_net(keras), 0.5, seed=1)
+    fresh.load_weights(path)
+    restored = [w.numpy() for g in gates_of(fresh) for w in g.weights]
+    assert len(state) == len(restored) == 3 * 13  # theta ... admm_step, u1 of 3 gates
+    assert all(np.array_equal(a, b) for a, b in zip(state, restored))
+    assert all(int(g.mode.numpy()) == STOCHASTIC for g in gates_of(fresh))
+    _, resumed = _fit(keras, 0.5, EPOCHS - 3, gated=fresh)
+    assert resumed["dsa_phase"][0] == 1 and resumed["dsa_phase"][-1] == 2
+
+
+def test_allocation_report(keras):
+    gated = dsa_tf.prune_to_budget(_small_net(keras), 0.5)
+    rows = dsa_tf.allocation_report(gated)
+    assert [r["channels"] for r in rows] == [16, 16, 32]
+    assert all(r["kept"] == r["channels"] for r in rows)
+    # A conv between two prunable groups counts half to each (hand count, 8x8 input):
+    # A = stem conv + residual output group, B = the block's first conv, C = strided conv.
+    stem, block = 2 * 9 * 3 * 16 * 64, 2 * 9 * 16 * 16 * 64
+    strided, dense = 2 * 9 * 16 * 32 * 9, 2 * 32 * 4
+    total = stem + 2 * block + strided + dense
+    expected = [stem + block + strided / 2, block, strided / 2 + dense]
+    assert [r["flops_share"] for r in rows] == pytest.approx([e / total for e in expected])
+
+
+def test_callback_refuses_a_model_without_gates_and_empty_alpha_data(keras):
+    model = _small_net(keras)
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(ValueError, match="prune_to_budget"):
+        model.fit(_data(), epochs=1, verbose=0, callbacks=[dsa_tf.DSACallback(_data())])
+    gated = dsa_tf.prune_to_budget(model, 0.5)
+    gated.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(ValueError, match="no batch"):
+        gated.fit(_data(), epochs=1, verbose=0, callbacks=[dsa_tf.DSACallback(_data().take(0))])
