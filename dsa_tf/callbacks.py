@@ -25,7 +25,7 @@ import tensorflow as tf
 from dsa_tf import _keras, admm, keep_process
 from dsa_tf.gates import FROZEN, OPEN, STOCHASTIC
 from dsa_tf.graph import analyze
-from dsa_tf.prune import gates_of, refresh_importance
+from dsa_tf.prune import gates_of, refresh_importance, resample_masks
 from dsa_tf.strip import gate_group
 
 PHASES = {OPEN: "warm-up", STOCHASTIC: "allocation", FROZEN: "fine-tuning"}
@@ -37,11 +37,13 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
     Phases (stored in the gates' ``mode`` variables, so checkpoints carry them):
 
     1. warm-up, for ``warmup_epochs`` epochs: plain training, gates open;
-    2. allocation: gates sample DSA's Bernoulli masks; every ``update_every`` weight steps, one
+    2. allocation: before every weight step each gate draws one DSA Bernoulli mask for its
+       whole group (:func:`dsa_tf.prune.resample_masks`); every ``update_every`` weight steps, one
        ADMM iteration (:func:`dsa_tf.admm.admm_iteration`): a Theta step on the next batch of
        ``alpha_data`` (repeated as needed), 50 z steps, the dual update. The steepness beta2
        starts at 0.05 and grows 1.1x per epoch. Base importances are refreshed from the
-       BatchNorm |gamma| (or filter L1 norms) before every weight step;
+       BatchNorm |gamma| (or filter L1 norms) before every weight step. The Theta gradient
+       is DSA's straight-through estimate (:func:`keep_ratio_gradients`);
     3. fine-tuning: as soon as the hard configuration (top-k channels, k = max(min_channels,
        round(a * C))) meets every budget, the masks are frozen and logged, and training goes on
        with fixed masks to the end of ``fit``.
@@ -99,7 +101,10 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         self._resource_model()
         self._loss_fn = self._resolve_loss()
         self._batches = self._alpha_batches()
-        self._update = tf.function(self._admm_update)
+        if getattr(self, "_traced_for", None) is not model:  # trace once per model
+            self._update = tf.function(self._admm_update)
+            self._resample = tf.function(lambda: resample_masks(self.model))
+            self._traced_for = model
         if self._phase() == OPEN and self.gates[0].admm_step.numpy() == 0:
             for gate in self.gates:
                 gate.beta2.assign(self.beta2_init)
@@ -166,9 +171,7 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         if self._phase() == STOCHASTIC:
-            refresh_importance(self.model)
-            for gate in self.gates:
-                gate.step.assign_add(1)
+            self._resample()
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if self._phase() != STOCHASTIC or int(self.gates[0].step.numpy()) % self.update_every:
@@ -179,7 +182,7 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         if all(hard[n] <= self.gates[0].budget[n] for n in self.resources):
             refresh_importance(self.model)
             for gate in self.gates:
-                gate.frozen_mask.assign(gate.hard_mask())
+                gate.mask.assign(gate.top_k_mask())
             self._set_phase(FROZEN)
             summary = ", ".join(f"{n} {hard[n]:.4f} <= {self.gates[0].budget[n]:.4f}"
                                 for n in self.resources)
@@ -211,11 +214,8 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         return {name: float(v) for name, v in zip(self.resources, values)}
 
     def _admm_update(self, x: Any, y: Any) -> None:
+        grads = keep_ratio_gradients(self.model, self._loss_fn, x, y)
         thetas = [_keras.tf_variable(gate.theta) for gate in self.gates]
-        with tf.GradientTape() as tape:
-            tape.watch(thetas)
-            loss = self._loss_fn(y, self.model(x, training=True))
-        grads = [tf.zeros([]) if g is None else g for g in tape.gradient(loss, thetas)]
         first = self.gates[0]
         state = admm.ADMMState(
             theta=tf.stack(thetas), z=self._stack("z"), u1=tf.convert_to_tensor(first.u1),
@@ -237,6 +237,28 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
     def _say(self, message: str) -> None:
         if self.verbose:
             print(f"DSA: {message}", flush=True)
+
+
+def keep_ratio_gradients(model: Any, loss_fn: Any, x: Any, y: Any) -> list[tf.Tensor]:
+    """dL/dTheta of every gate on one batch, through DSA's straight-through estimator.
+
+    The loss is computed with the gates' current masks m; then dL/dp = dL/dm (straight
+    through) is carried to Theta by the implicit gradient of the keep probabilities p:
+    dL/dTheta = sum_i dL/dm_i * dp_i/da * a (1 - a).
+    """
+    gates = gates_of(model)
+    masks = [_keras.tf_variable(gate.mask) for gate in gates]
+    with tf.GradientTape() as tape:
+        tape.watch(masks)
+        loss = loss_fn(y, model(x, training=True))
+    mask_grads = [tf.zeros_like(m) if g is None else g for g, m in
+                  zip(tape.gradient(loss, masks), masks)]
+    thetas = [_keras.tf_variable(gate.theta) for gate in gates]
+    with tf.GradientTape() as tape:
+        tape.watch(thetas)
+        probabilities = [gate.probabilities() for gate in gates]
+    grads = tape.gradient(probabilities, thetas, output_gradients=mask_grads)
+    return [tf.zeros([]) if g is None else g for g in grads]
 
 
 def gate_order(plan: Any, gates: list) -> np.ndarray:
@@ -285,8 +307,7 @@ def allocation_report(model: Any) -> list[dict]:
     rows = []
     for gate, k in zip(gates, gate_order(plan, gates)):
         a = float(gate.keep_ratio())
-        kept = int(gate.frozen_mask.numpy().sum()) if int(gate.mode.numpy()) == FROZEN else int(
-            keep_process.kept_count(a, gate.channels, gate.min_channels))
+        kept = int(gate.hard_mask().numpy().sum())
         rows.append({"group": gate.group, "channels": gate.channels, "kept": kept,
                      "keep_ratio": a, "flops_share": float(share[k])})
     return rows

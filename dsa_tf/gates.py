@@ -7,11 +7,12 @@ leaves them alone, traced train functions see every change, and checkpoints carr
 * ``importance``: the base importance b of each channel (|gamma| of the group's BatchNorms, or
   the filters' L1 norm without BN), refreshed by :class:`dsa_tf.DSACallback`;
 * ``beta2``: the steepness of the keep probabilities;
-* ``step``: a counter that seeds the Bernoulli noise, so every call point of the group samples
-  the same mask within a step;
-* ``mode``: 0 open (warm-up: every channel kept in training), 1 stochastic (allocation),
-  2 frozen (the allocation ended: ``frozen_mask`` is used in training and inference);
-* ``frozen_mask``: the mask fixed when the allocation ended;
+* ``step``: a counter that seeds the Bernoulli noise of each new sample;
+* ``mask``: the mask every call point applies in training: all ones during warm-up, the step's
+  Bernoulli sample during allocation (drawn once per step for the whole group by
+  :func:`dsa_tf.prune.resample_masks`), the frozen mask after the allocation;
+* ``mode``: 0 open (warm-up), 1 stochastic (allocation), 2 frozen (the allocation ended:
+  ``mask`` is used in training and inference);
 * the group's ADMM state (``z``, ``u2``, ``adam_m``, ``adam_v``) and, identical in every gate
   of a model, the shared part (``u1`` per constraint, ``loss_grad_sq``, ``admm_step``): see
   :mod:`dsa_tf.admm`. :class:`dsa_tf.DSACallback` reads and writes them.
@@ -86,8 +87,8 @@ def make_gate_class(keras: Any) -> type:
                                         initializer="zeros")
             self.mode = self.add_weight(name="mode", shape=(), trainable=False, dtype="int64",
                                         initializer="zeros")
-            self.frozen_mask = self.add_weight(name="frozen_mask", shape=(self.channels,),
-                                               trainable=False, initializer="ones")
+            self.mask = self.add_weight(name="mask", shape=(self.channels,), trainable=False,
+                                        initializer="ones")
             constant = keras.initializers.Constant
             for name, init in (("z", constant(theta_init)), ("u2", "zeros"),
                                ("adam_m", "zeros"), ("adam_v", "zeros"),
@@ -101,36 +102,32 @@ def make_gate_class(keras: Any) -> type:
             """The current keep ratio a = sigmoid(theta)."""
             return tf.sigmoid(tf.convert_to_tensor(self.theta))
 
+        def top_k_mask(self) -> tf.Tensor:
+            """The top-k channels by importance, k = max(min_channels, round(a * C))."""
+            importance = tf.convert_to_tensor(self.importance)
+            return keep_process.hard_mask(importance, self.keep_ratio(), self.min_channels)
+
         def hard_mask(self) -> tf.Tensor:
-            """The inference mask: frozen, or the top-k channels by importance."""
-            importance = tf.convert_to_tensor(self.importance)
-            return tf.cond(
-                tf.equal(tf.convert_to_tensor(self.mode), FROZEN),
-                lambda: tf.convert_to_tensor(self.frozen_mask),
-                lambda: keep_process.hard_mask(importance, self.keep_ratio(), self.min_channels))
+            """The inference mask: the frozen mask once frozen, else :meth:`top_k_mask`."""
+            return tf.cond(tf.equal(tf.convert_to_tensor(self.mode), FROZEN),
+                           lambda: tf.convert_to_tensor(self.mask), self.top_k_mask)
 
-        def sampled_mask(self) -> tf.Tensor:
-            """A Bernoulli mask with a straight-through gradient to the keep ratio."""
-            importance = tf.convert_to_tensor(self.importance)
-            probabilities = keep_process.keep_probabilities(
-                importance, self.keep_ratio(), tf.convert_to_tensor(self.beta2))
-            step = tf.convert_to_tensor(self.step)
+        def probabilities(self) -> tf.Tensor:
+            """DSA's keep probabilities, differentiable in theta (implicit gradient)."""
+            return keep_process.keep_probabilities(
+                tf.convert_to_tensor(self.importance), self.keep_ratio(),
+                tf.convert_to_tensor(self.beta2))
+
+        def sample(self) -> tf.Tensor:
+            """A Bernoulli mask drawn from :meth:`probabilities` with noise seeded by ``step``."""
             noise = tf.random.stateless_uniform(
-                [self.channels], seed=tf.stack([tf.constant(self.seed, tf.int64), step]),
-                dtype=importance.dtype)
-            return keep_process.sample_mask(probabilities, noise)
-
-        def training_mask(self) -> tf.Tensor:
-            mode = tf.convert_to_tensor(self.mode)
-            return tf.switch_case(tf.cast(mode, tf.int32), [
-                lambda: tf.ones([self.channels]),
-                self.sampled_mask,
-                lambda: tf.convert_to_tensor(self.frozen_mask),
-            ])
+                [self.channels], seed=tf.stack([tf.constant(self.seed, tf.int64),
+                                                tf.convert_to_tensor(self.step)]))
+            return keep_process.sample_mask(self.probabilities(), noise)
 
         def call(self, inputs: Any, positions: list | None = None, index: list | None = None,
                  training: bool | None = None) -> Any:
-            mask = self.training_mask() if training else self.hard_mask()
+            mask = tf.convert_to_tensor(self.mask) if training else self.hard_mask()
             mask = tf.cast(mask, inputs.dtype)
             if positions is not None:
                 width = inputs.shape[-1]

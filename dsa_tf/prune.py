@@ -194,6 +194,17 @@ def refresh_importance(model: Any) -> None:
             gate.importance.assign(tf.add_n(values) / len(values))
 
 
+def resample_masks(model: Any) -> None:
+    """Starts a new allocation step: refreshes every gate's importance, advances its noise
+    counter and draws its Bernoulli mask, once for the whole group (every call point of the
+    gate applies the same mask). Traceable: :class:`dsa_tf.DSACallback` runs it in a
+    ``tf.function`` before each weight step of the allocation."""
+    refresh_importance(model)
+    for gate in gates_of(model):
+        gate.step.assign_add(1)
+        gate.mask.assign(gate.sample())
+
+
 def keep_ratios(model: Any) -> dict[str, float]:
     """The current keep ratio of every gated group: ``{group_name: sigmoid(theta)}``.
 

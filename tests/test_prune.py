@@ -1,6 +1,5 @@
 """prune_to_budget, ChannelGate and strip of a gated model."""
 
-import math
 
 import numpy as np
 import pytest
@@ -8,8 +7,9 @@ import tensorflow as tf
 
 import dsa_tf
 from dsa_tf import _keras
+from dsa_tf.callbacks import keep_ratio_gradients
 from dsa_tf.gates import STOCHASTIC, is_gate
-from dsa_tf.prune import gates_of
+from dsa_tf.prune import gates_of, resample_masks
 
 from masking import randomize
 from small_models import multi_io, sequential, unet
@@ -89,11 +89,12 @@ def test_one_mask_per_group_and_step_at_every_gate_call(keras):
     dsa_tf.set_keep_ratios(gated, {gate.group: 0.5})
     x = np.random.default_rng(1).normal(size=(2, 6, 6, 3)).astype("float32")
     patterns = set()
-    for step in range(4):
-        gate.step.assign(step)
+    for _ in range(4):
+        resample_masks(gated)
         alive = [tuple((np.abs(np.asarray(t)).sum(axis=(0, 1, 2)) > 0).tolist())
                  for t in probe(x, training=True)]
         assert len(set(alive)) == 1  # the same channels are dropped at every call point
+        assert alive[0] == tuple((gate.mask.numpy() > 0).tolist())
         patterns.add(alive[0])
     assert len(patterns) > 1  # a new mask each step
 
@@ -101,17 +102,27 @@ def test_one_mask_per_group_and_step_at_every_gate_call(keras):
 def test_keep_ratio_gets_a_straight_through_gradient(keras):
     model = dsa_tf.models.cifar_resnet(20, keras=keras)
     gated = dsa_tf.prune_to_budget(model, 0.5)
-    gate = gates_of(gated)[1]
     for g in gates_of(gated):
         g.mode.assign(STOCHASTIC)
-    dsa_tf.set_keep_ratios(gated, {gate.group: 0.5})
+    dsa_tf.set_keep_ratios(gated, {g.group: 0.5 for g in gates_of(gated)})
+    resample_masks(gated)
     x = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype("float32")
-    theta = _keras.tf_variable(gate.theta)
+    y = np.arange(4)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    grads = keep_ratio_gradients(gated, loss, x, y)
+    assert len(grads) == 12
+    assert all(np.isfinite(float(g)) for g in grads) and any(float(g) != 0 for g in grads)
+    # The straight-through estimate by hand for one gate: dL/dm . dp/dTheta.
+    gate = gates_of(gated)[3]
+    mask = _keras.tf_variable(gate.mask)
     with tf.GradientTape() as tape:
-        tape.watch(theta)
-        loss = tf.reduce_mean(tf.square(gated(x, training=True)))
-    grad = tape.gradient(loss, theta)
-    assert grad is not None and math.isfinite(float(grad)) and float(grad) != 0.0
+        tape.watch(mask)
+        value = loss(y, gated(x, training=True))
+    d_mask = tape.gradient(value, mask).numpy()
+    a = float(gate.keep_ratio())
+    p = gate.probabilities().numpy()
+    dp_da = len(p) * p * (1 - p) / np.sum(p * (1 - p))
+    assert float(grads[3]) == pytest.approx(float(d_mask @ dp_da) * a * (1 - a), rel=1e-3)
 
 
 @pytest.mark.parametrize("budget, resource, message", [
