@@ -19,7 +19,8 @@ import tensorflow as tf
 
 from dsa_tf import _keras
 from dsa_tf.gates import gate_class, is_gate
-from dsa_tf.graph import ChannelPlan, FlatCall, analyze
+from dsa_tf.graph import ChannelPlan, FlatCall, analyze, resolve
+from dsa_tf.rules import Depthwise, Through
 from dsa_tf.strip import rebuild
 
 RESOURCES = ("flops", "params")
@@ -113,15 +114,38 @@ def prune_to_budget(model: Any, budget: float | Mapping[str, float], *,
         for k, g in enumerate(plan.prunable)
     }
 
+    redundant = _masked_downstream(plan)
+
     def insert_gates(fc: FlatCall, outputs: list) -> list:
         if fc.rule is None or fc.opaque or fc.rule.preserves_zero(fc.op, fc.info):
             return outputs
-        return [_gate(plan, gates, out, m) for out, m in zip(outputs, fc.out_maps)]
+        return [out if id(resolve(plan.alias, old)) in redundant else _gate(plan, gates, out, m)
+                for out, old, m in zip(outputs, fc.call.outputs, fc.out_maps)]
 
     gated, new_layers = rebuild(plan, {}, after_call=insert_gates)
     _set_importance_sources(plan, gates, new_layers)
     refresh_importance(gated)
     return gated
+
+
+def _masked_downstream(plan: ChannelPlan) -> set[int]:
+    """Tensors that need no gate: every consumer is a per-channel layer whose own output is
+    gated (a convolution's output feeding only its BatchNorm), so the mask after that layer
+    already zeroes the dropped channels. DSA masks after the BatchNorm, before the activation.
+    """
+    consumers: dict[int, list[FlatCall]] = {}
+    for fc in plan.calls:
+        for tensor in fc.call.inputs:
+            consumers.setdefault(id(resolve(plan.alias, tensor)), []).append(fc)
+    outputs = {id(resolve(plan.alias, t)) for t in _keras.model_outputs(plan.model)}
+
+    def masks_its_output(fc: FlatCall) -> bool:
+        return (len(fc.call.inputs) == 1 and not fc.opaque
+                and isinstance(fc.rule, (Through, Depthwise))
+                and not fc.rule.preserves_zero(fc.op, fc.info))
+
+    return {tensor for tensor, users in consumers.items()
+            if tensor not in outputs and all(masks_its_output(fc) for fc in users)}
 
 
 def _gate(plan: ChannelPlan, gates: dict, tensor: Any, channel_map: Any) -> Any:

@@ -77,13 +77,15 @@ def test_one_mask_per_group_and_step_at_every_gate_call(keras):
     inputs = keras.Input((6, 6, 3))
     x = layers.Conv2D(16, 3, padding="same")(inputs)
     x = layers.BatchNormalization()(x)
-    x = layers.Activation("sigmoid")(x)
+    x = layers.Multiply()([x, layers.Activation("sigmoid")(x)])
     model = keras.Model(inputs, layers.Conv2D(2, 1)(x))
     randomize(model, np.random.default_rng(0))
     gated = dsa_tf.prune_to_budget(model, 0.5, seed=7)
     (gate,) = gates_of(gated)
     taps = [fc.call.outputs[0] for fc in dsa_tf.analyze(gated).calls if is_gate(fc.op)]
-    assert len(taps) == 3  # after the conv's bias, the BatchNorm and the sigmoid
+    # After the BatchNorm and the sigmoid; the conv's output feeds only the (gated)
+    # BatchNorm and the product of two masked tensors stays masked.
+    assert len(taps) == 2
     probe = keras.Model(gated.inputs[0], taps)
     gate.mode.assign(STOCHASTIC)
     dsa_tf.set_keep_ratios(gated, {gate.group: 0.5})
