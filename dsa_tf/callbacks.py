@@ -68,12 +68,19 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         beta2_init: initial steepness of the keep probabilities (paper: 0.05).
         beta2_growth: per-epoch growth factor of beta2 during allocation (paper: 1.1).
         theta_learning_rate: Adam learning rate of Theta (see :mod:`dsa_tf.admm`).
+        rho1: budget penalty of the z steps. Default 1.0; the paper's 0.01 reaches high
+            budgets slowly or not at all (measurements in :mod:`dsa_tf.admm`).
+        rho2: penalty of Theta == z (paper: 0.01).
+        loss_scale: fixed scale of the loss gradient (paper: 1e5); default None adapts it to
+            the gradient's running RMS (see :mod:`dsa_tf.admm` for why).
         verbose: 1 prints a line at every phase change.
     """
 
     def __init__(self, alpha_data: Iterable, *, warmup_epochs: int = 20, update_every: int = 20,
                  loss: Any = None, beta2_init: float = 0.05, beta2_growth: float = 1.1,
-                 theta_learning_rate: float = admm.THETA_LEARNING_RATE, verbose: int = 1):
+                 theta_learning_rate: float = admm.THETA_LEARNING_RATE,
+                 rho1: float = admm.RHO1, rho2: float = admm.RHO2,
+                 loss_scale: float | None = None, verbose: int = 1):
         super().__init__()
         if warmup_epochs < 0 or update_every < 1:
             raise ValueError("warmup_epochs must be >= 0 and update_every >= 1.")
@@ -84,6 +91,7 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         self.beta2_init = float(beta2_init)
         self.beta2_growth = float(beta2_growth)
         self.theta_learning_rate = float(theta_learning_rate)
+        self.rho1, self.rho2, self.loss_scale = float(rho1), float(rho2), loss_scale
         self.verbose = verbose
         self._batches = None
 
@@ -223,7 +231,8 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
             loss_grad_sq=tf.convert_to_tensor(first.loss_grad_sq),
             step=tf.convert_to_tensor(first.admm_step))
         new = admm.admm_iteration(state, tf.stack(grads), self.A, self.b, self.c, self.budgets,
-                                  theta_learning_rate=self.theta_learning_rate)
+                                  theta_learning_rate=self.theta_learning_rate,
+                                  rho1=self.rho1, rho2=self.rho2, loss_scale=self.loss_scale)
         for k, gate in enumerate(self.gates):
             for name in ("theta", "z", "u2", "adam_m", "adam_v"):
                 getattr(gate, name).assign(getattr(new, name)[k])

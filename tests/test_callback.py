@@ -100,3 +100,10 @@ def test_callback_refuses_a_model_without_gates_and_empty_alpha_data(keras):
     gated.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     with pytest.raises(ValueError, match="no batch"):
         gated.fit(_data(), epochs=1, verbose=0, callbacks=[dsa_tf.DSACallback(_data().take(0))])
+
+
+def test_paper_hyperparameters_can_be_chosen(keras):
+    gated, history = _fit(keras, 0.5, 3, rho1=0.01, rho2=0.01, loss_scale=1e5)
+    assert history["dsa_phase"] == [0.0, 1.0, 1.0]
+    assert history["dsa_flops_expected"][-1] < history["dsa_flops_expected"][0]
+    assert int(gates_of(gated)[0].admm_step.numpy()) == 16  # 2 epochs x 8 steps
