@@ -124,7 +124,9 @@ def test_keep_ratio_gets_a_straight_through_gradient(keras):
     a = float(gate.keep_ratio())
     p = gate.probabilities().numpy()
     dp_da = len(p) * p * (1 - p) / np.sum(p * (1 - p))
-    assert float(grads[3]) == pytest.approx(float(d_mask @ dp_da) * a * (1 - a), rel=1e-3)
+    terms = d_mask * dp_da * a * (1 - a)
+    # The sum of signed terms cancels; float32 noise is relative to the terms' magnitudes.
+    assert float(grads[3]) == pytest.approx(float(terms.sum()), abs=1e-3 * float(np.abs(terms).sum()))
 
 
 @pytest.mark.parametrize("budget, resource, message", [
