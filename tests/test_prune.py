@@ -126,7 +126,8 @@ def test_keep_ratio_gets_a_straight_through_gradient(keras):
     dp_da = len(p) * p * (1 - p) / np.sum(p * (1 - p))
     terms = d_mask * dp_da * a * (1 - a)
     # The sum of signed terms cancels; float32 noise is relative to the terms' magnitudes.
-    assert float(grads[3]) == pytest.approx(float(terms.sum()), abs=1e-3 * float(np.abs(terms).sum()))
+    tolerance = 1e-3 * float(np.abs(terms).sum())
+    assert float(grads[3]) == pytest.approx(float(terms.sum()), abs=tolerance)
 
 
 @pytest.mark.parametrize("budget, resource, message", [
