@@ -46,11 +46,6 @@ def is_keras_tensor(obj: Any) -> bool:
     )
 
 
-def op_name(op: Any) -> str:
-    """The name of a layer or operation."""
-    return op.name
-
-
 def is_functional(model: Any) -> bool:
     """True for models with a graph of layers (functional or built Sequential models)."""
     if is_keras3(model):

@@ -135,11 +135,9 @@ class ChannelPlan:
             stand for (see :func:`resolve`).
     """
 
-    def __init__(self, model: Any, walk: _Walk, calls: list[FlatCall], tensor_maps: dict,
-                 alias: dict[int, Any]):
+    def __init__(self, model: Any, walk: _Walk, calls: list[FlatCall], alias: dict[int, Any]):
         self.model = model
         self.calls = calls
-        self.tensor_maps = tensor_maps
         self.alias = alias
         roots = sorted({walk.root(s) for s in range(len(walk.space_size))})
         group_of_root = {root: g for g, root in enumerate(roots)}
@@ -185,10 +183,6 @@ class ChannelPlan:
                     if fc.name not in members.setdefault(g, []):
                         members[g].append(fc.name)
         return members
-
-    def group_map(self, channel_map: ChannelMap) -> ChannelMap:
-        """A channel map in terms of group indices (into :attr:`groups`)."""
-        return channel_map.renamed(self.group_of_space)
 
     def count(self, channel_map: ChannelMap | None) -> Quadratic | int:
         """Kept positions of a map as an affine form in the prunable keep ratios."""
@@ -352,7 +346,7 @@ def analyze(model: Any, exclude: Iterable[str] = ()) -> ChannelPlan:
 
     for tensor in _keras.model_outputs(model):
         walk.fix(map_of(tensor), "reaches a model output")
-    return ChannelPlan(model, walk, calls, tensor_maps, alias)
+    return ChannelPlan(model, walk, calls, alias)
 
 
 def _walk_call(walk: _Walk, call: _keras.Call, name: str, map_of: Any,
