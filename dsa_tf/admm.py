@@ -439,19 +439,7 @@ def z_gradient(
     rho1: float = RHO1,
     rho2: float = RHO2,
 ) -> tf.Tensor:
-    """Analytic ``dJ/dz`` of :func:`z_objective`.
-
-    Args:
-        theta: [K] logits.
-        z: [K] auxiliary variable.
-        u1: [M] budget duals.
-        u2: [K] duals of ``theta == z``.
-        A: [M, K, K] quadratic coefficients.
-        b: [M, K] linear coefficients.
-        c: [M] constants.
-        budgets: [M] budget fractions.
-        rho1: budget penalty.
-        rho2: penalty of ``theta == z``.
+    """Analytic ``dJ/dz`` of :func:`z_objective`, with the same arguments.
 
     Returns:
         [K] gradient.
