@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from dsa_tf import _keras, admm, keep_process
+from dsa_tf import _keras, admm
 from dsa_tf.gates import FROZEN, OPEN, STOCHASTIC
 from dsa_tf.graph import analyze
 from dsa_tf.prune import gates_of, refresh_importance, resample_masks
@@ -44,9 +44,9 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
        starts at 0.05 and grows 1.1x per epoch. Base importances are refreshed from the
        BatchNorm |gamma| (or filter L1 norms) before every weight step. The Theta gradient
        is DSA's straight-through estimate (:func:`keep_ratio_gradients`);
-    3. fine-tuning: as soon as the hard configuration (top-k channels, k = max(min_channels,
-       round(a * C))) meets every budget, the masks are frozen and logged, and training goes on
-       with fixed masks to the end of ``fit``.
+    3. fine-tuning: as soon as the hard configuration (the top-k channels of each group,
+       k = ``ChannelGate.kept_count()``, honouring ``round_to``) meets every budget, the masks
+       are frozen and logged, and training goes on with fixed masks to the end of ``fit``.
 
     How long the allocation takes: the ADMM reaches budgets from 0.25 to 0.9 within 150
     iterations in simulation (see :mod:`dsa_tf.admm`), so within ``150 * update_every`` weight
@@ -215,8 +215,7 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         for gate in self.gates:
             a = gate.keep_ratio()
             if hard:
-                kept = keep_process.kept_count(a, gate.channels, gate.min_channels)
-                a = tf.cast(kept, tf.float32) / gate.channels
+                a = tf.cast(gate.kept_count(), tf.float32) / gate.channels
             ratios.append(a)
         values = admm.resource_ratios(tf.stack(ratios), self.A, self.b, self.c).numpy()
         return {name: float(v) for name, v in zip(self.resources, values)}

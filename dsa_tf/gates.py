@@ -18,7 +18,8 @@ leaves them alone, traced train functions see every change, and checkpoints carr
   :mod:`dsa_tf.admm`. :class:`dsa_tf.DSACallback` reads and writes them.
 
 In inference (``training=False``) the gate keeps the top-k channels by importance,
-k = max(min_channels, round(a * C)), or the frozen mask once frozen: exactly what
+k = max(min_channels, round(a * C)) (a multiple of ``round_to`` or C when ``round_to > 1``, see
+:func:`dsa_tf.keep_process.kept_count`), or the frozen mask once frozen: exactly what
 :func:`dsa_tf.strip` removes.
 
 The same gate layer is called at every point of its group where a dropped channel could come
@@ -50,6 +51,7 @@ def make_gate_class(keras: Any) -> type:
             group: the name of the channel group (see :func:`dsa_tf.analyze`).
             channels: the group's channel count C.
             min_channels: the fewest channels the hard mask keeps.
+            round_to: the hard mask keeps a multiple of this many channels, or all of them.
             seed: seed of the Bernoulli noise.
             theta_init: initial keep-ratio logit (DSA: 5.0, keep ratio about 0.993).
             importance_sources: names of the layers whose weights give the base importance.
@@ -65,13 +67,14 @@ def make_gate_class(keras: Any) -> type:
             16.0
         """
 
-        def __init__(self, group: str, channels: int, min_channels: int = 1, seed: int = 0,
-                     theta_init: float = 5.0, importance_sources: tuple = (),
+        def __init__(self, group: str, channels: int, min_channels: int = 1, round_to: int = 1,
+                     seed: int = 0, theta_init: float = 5.0, importance_sources: tuple = (),
                      budget: dict | None = None, exclude: tuple = (), **kwargs: Any):
             super().__init__(**kwargs)
             self.group = group
             self.channels = int(channels)
             self.min_channels = int(min_channels)
+            self.round_to = int(round_to)
             self.seed = int(seed)
             self.theta_init = float(theta_init)
             self.importance_sources = list(importance_sources)
@@ -102,10 +105,16 @@ def make_gate_class(keras: Any) -> type:
             """The current keep ratio a = sigmoid(theta)."""
             return tf.sigmoid(tf.convert_to_tensor(self.theta))
 
+        def kept_count(self) -> tf.Tensor:
+            """k, the number of channels the hard mask keeps at the current keep ratio."""
+            return keep_process.kept_count(self.keep_ratio(), self.channels, self.min_channels,
+                                           self.round_to)
+
         def top_k_mask(self) -> tf.Tensor:
-            """The top-k channels by importance, k = max(min_channels, round(a * C))."""
+            """The k most important channels, k = :meth:`kept_count`."""
             importance = tf.convert_to_tensor(self.importance)
-            return keep_process.hard_mask(importance, self.keep_ratio(), self.min_channels)
+            return keep_process.hard_mask(importance, self.keep_ratio(), self.min_channels,
+                                          self.round_to)
 
         def hard_mask(self) -> tf.Tensor:
             """The inference mask: the frozen mask once frozen, else :meth:`top_k_mask`."""
@@ -142,7 +151,8 @@ def make_gate_class(keras: Any) -> type:
 
         def get_config(self) -> dict:
             return {**super().get_config(), "group": self.group, "channels": self.channels,
-                    "min_channels": self.min_channels, "seed": self.seed,
+                    "min_channels": self.min_channels, "round_to": self.round_to,
+                    "seed": self.seed,
                     "theta_init": self.theta_init,
                     "importance_sources": list(self.importance_sources),
                     "budget": dict(self.budget), "exclude": list(self.exclude)}

@@ -213,9 +213,17 @@ def sample_mask(probabilities: tf.Tensor, uniform_noise: tf.Tensor) -> tf.Tensor
 
 
 def kept_count(
-    keep_ratio: tf.Tensor | float, channels: tf.Tensor | int, min_channels: int = 1
+    keep_ratio: tf.Tensor | float, channels: tf.Tensor | int, min_channels: int = 1,
+    round_to: int = 1,
 ) -> tf.Tensor:
-    """Number of channels kept at inference: clip(max(min_channels, round(a * C)), 1, C).
+    """Number of channels kept at inference.
+
+    k = round(a * C), clipped to [1, C] and raised to ``min_channels``. With ``round_to=N > 1``
+    every group keeps a multiple of N channels or all of them: k = C when round(a * C) = C, else
+    round(a * C) rounded *down* to a multiple of N (at least the smallest multiple of N that
+    is >= min_channels, or C if that is larger). Above that floor, rounding down never keeps more
+    channels than ``round_to=1`` would, so a configuration that meets a budget still meets it
+    when rounded.
 
     round is tf.round (half to even, like numpy): 0.25 * 10 -> 2. A Python float keep_ratio is
     used in float64; a tensor keep_ratio is cast to float64 from its own dtype, so a float32
@@ -225,6 +233,7 @@ def kept_count(
         keep_ratio: scalar keep ratio a.
         channels: number of channels C >= 1 (Python int or scalar integer tensor).
         min_channels: lower bound on the count before clipping to [1, C].
+        round_to: kept counts are multiples of this (or C).
 
     Returns:
         Scalar int32 tensor k.
@@ -232,16 +241,21 @@ def kept_count(
     Example:
         >>> int(kept_count(0.3, 16))
         5
+        >>> int(kept_count(0.3, 16, round_to=4)), int(kept_count(0.99, 20, round_to=8))
+        (4, 20)
     """
     a = _as_dtype(keep_ratio, tf.float64)
     total = tf.cast(channels, tf.int32)
+    step = tf.constant(max(int(round_to), 1), tf.int32)
     rounded = tf.cast(tf.round(a * tf.cast(total, tf.float64)), tf.int32)
-    k = tf.maximum(rounded, tf.cast(min_channels, tf.int32))
-    return tf.clip_by_value(k, 1, total)
+    multiple = tf.where(rounded >= total, total, rounded // step * step)
+    smallest = tf.minimum(total, (max(int(min_channels), 1) + step - 1) // step * step)
+    return tf.clip_by_value(tf.maximum(multiple, smallest), 1, total)
 
 
 def hard_mask(
-    importance: tf.Tensor, keep_ratio: tf.Tensor | float, min_channels: int = 1
+    importance: tf.Tensor, keep_ratio: tf.Tensor | float, min_channels: int = 1,
+    round_to: int = 1,
 ) -> tf.Tensor:
     """Deterministic inference mask keeping the k most important channels, k = `kept_count`.
 
@@ -252,6 +266,7 @@ def hard_mask(
         importance: float32 or float64 tensor of shape [C].
         keep_ratio: scalar keep ratio a.
         min_channels: minimum number of kept channels (see `kept_count`).
+        round_to: kept counts are multiples of this or all channels (see `kept_count`).
 
     Returns:
         Float mask of shape [C] in the importance dtype, exactly k ones.
@@ -262,6 +277,6 @@ def hard_mask(
     """
     b = tf.stop_gradient(tf.convert_to_tensor(importance))
     channels = tf.shape(b)[0]
-    k = kept_count(keep_ratio, channels, min_channels)
+    k = kept_count(keep_ratio, channels, min_channels, round_to)
     kept = tf.math.top_k(b, k=k, sorted=True).indices
     return tf.scatter_nd(kept[:, tf.newaxis], tf.ones_like(kept, dtype=b.dtype), [channels])

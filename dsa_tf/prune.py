@@ -27,7 +27,8 @@ RESOURCES = ("flops", "params")
 
 
 def budget_fractions(plan: ChannelPlan, budget: float | Mapping[str, float],
-                     resource: str = "flops", min_channels: int = 1) -> dict[str, float]:
+                     resource: str = "flops", min_channels: int = 1,
+                     round_to: int = 1) -> dict[str, float]:
     """Validates a budget and returns it as fractions of the model's resources.
 
     Args:
@@ -36,12 +37,13 @@ def budget_fractions(plan: ChannelPlan, budget: float | Mapping[str, float],
             dict ``{"flops": 0.5, "params": 0.4}`` of constraints that must all hold.
         resource: "flops" or "params", when ``budget`` is a number.
         min_channels: the fewest channels every group keeps.
+        round_to: groups keep multiples of this many channels (or all of them).
 
     Raises:
         ValueError: for an unknown resource, a budget that is not a positive finite number, an
             absolute budget above the model's resource, or a budget below the smallest value
-            reachable with ``min_channels`` channels in every prunable group (the message
-            states that minimum).
+            reachable with ``min_channels`` channels (rounded up to a multiple of ``round_to``)
+            in every prunable group (the message states that minimum).
     """
     constraints = dict(budget) if isinstance(budget, Mapping) else {resource: budget}
     if not constraints:
@@ -49,7 +51,8 @@ def budget_fractions(plan: ChannelPlan, budget: float | Mapping[str, float],
     if not plan.prunable:
         raise ValueError(f"{plan.model.name!r} has no prunable channel group; "
                          f"dsa_tf.analyze(model) lists every group and why it is not prunable.")
-    lowest = np.array([min(1.0, max(min_channels, 1) / g.channels) for g in plan.prunable])
+    fewest = -(-max(min_channels, 1) // round_to) * round_to
+    lowest = np.array([min(1.0, fewest / g.channels) for g in plan.prunable])
     fractions = {}
     for name, value in constraints.items():
         if name not in RESOURCES:
@@ -66,7 +69,8 @@ def budget_fractions(plan: ChannelPlan, budget: float | Mapping[str, float],
         if fraction < reachable:
             raise ValueError(
                 f"The {name} budget {fraction:.4f} (of the model's {full:,.0f}) cannot be met: "
-                f"with min_channels={min_channels} in every prunable group the smallest "
+                f"with min_channels={min_channels}, round_to={round_to} in every prunable "
+                f"group the smallest "
                 f"reachable value is {reachable:.4f} ({model_of(lowest):,.0f} {name}).")
         fractions[name] = fraction
     return fractions
@@ -74,7 +78,7 @@ def budget_fractions(plan: ChannelPlan, budget: float | Mapping[str, float],
 
 def prune_to_budget(model: Any, budget: float | Mapping[str, float], *,
                     resource: str = "flops", exclude: Iterable[str] = (),
-                    min_channels: int = 1, seed: int | None = None) -> Any:
+                    min_channels: int = 1, round_to: int = 1, seed: int | None = None) -> Any:
     """Returns a copy of ``model`` with a ChannelGate for every prunable channel group.
 
     The user's model is not touched: its layers are re-created and their weights copied. Train
@@ -88,6 +92,9 @@ def prune_to_budget(model: Any, budget: float | Mapping[str, float], *,
         resource: "flops" or "params" (for a numeric ``budget``).
         exclude: layer names whose channels stay whole (see :func:`dsa_tf.analyze`).
         min_channels: the fewest channels any group keeps.
+        round_to: every pruned group keeps a multiple of this many channels, or all of them
+            (8 or 16 suit the vector units of CPUs and NPUs; see BENCHMARKS.md). Hard masks
+            round the kept count down, so the stripped model still meets the budget.
         seed: seed of the gates' Bernoulli noise (default: a fixed seed, 0).
 
     Returns:
@@ -102,12 +109,15 @@ def prune_to_budget(model: Any, budget: float | Mapping[str, float], *,
     """
     if min_channels < 1:
         raise ValueError(f"min_channels must be at least 1, got {min_channels}.")
+    if isinstance(round_to, bool) or not isinstance(round_to, (int, np.integer)) or round_to < 1:
+        raise ValueError(f"round_to must be a positive integer, got {round_to!r}.")
     plan = analyze(model, exclude)
-    fractions = budget_fractions(plan, budget, resource, min_channels)
+    fractions = budget_fractions(plan, budget, resource, min_channels, int(round_to))
     ChannelGate = gate_class(_keras.keras_of(model))
     base_seed = 0 if seed is None else int(seed)
     gates = {
         g.name: ChannelGate(group=g.name, channels=g.channels, min_channels=min_channels,
+                            round_to=int(round_to),
                             seed=base_seed * 100_003 + k, budget=fractions,
                             exclude=sorted(set(exclude)),
                             name=f"gate_{g.name.replace('/', '_').replace(':', '_')}")

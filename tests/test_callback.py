@@ -29,8 +29,9 @@ def _data(n=128, seed=0):
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
 
 
-def _fit(keras, budget, epochs, callbacks=(), gated=None, **callback_args):
-    gated = gated or dsa_tf.prune_to_budget(_small_net(keras), budget, seed=1)
+def _fit(keras, budget, epochs, callbacks=(), gated=None, round_to=1, **callback_args):
+    gated = gated or dsa_tf.prune_to_budget(_small_net(keras), budget, seed=1,
+                                            round_to=round_to)
     gated.compile(keras.optimizers.SGD(0.05, momentum=0.9),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     args = {"warmup_epochs": 1, "update_every": 1, "verbose": 0, **callback_args}
@@ -59,6 +60,17 @@ def test_budget_is_reached_and_strip_meets_it(keras, budget):
         assert history[f"dsa_{name}_hard"][-1] == pytest.approx(ratio, abs=1e-6)
     x = next(iter(_data()))[0]
     np.testing.assert_allclose(small(x), gated(x, training=False), rtol=1e-4, atol=1e-4)
+
+
+def test_round_to_gives_multiples_and_still_meets_the_budget(keras):
+    model = _small_net(keras)
+    gated, history = _fit(keras, 0.5, EPOCHS, round_to=8)
+    assert history["dsa_phase"][-1] == 2
+    small = dsa_tf.strip(gated)
+    assert dsa_tf.count_flops(small) / dsa_tf.count_flops(model) <= 0.5
+    widths = [g.channels for g in dsa_tf.analyze(small).groups if g.prunable]
+    assert widths and all(w % 8 == 0 for w in widths), widths
+    assert any(w < full for w, full in zip(widths, (16, 16, 32))), widths
 
 
 def test_allocation_state_survives_a_checkpoint(keras, tmp_path):

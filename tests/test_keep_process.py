@@ -215,6 +215,21 @@ def test_kept_count_formula():
     assert int(kept_count(0.25, 10)) == 2  # 2.5 rounds half to even
 
 
+def test_kept_count_rounds_down_to_multiples_or_keeps_all():
+    for round_to in (4, 8, 16):
+        for channels in (3, 10, 16, 20, 64):
+            for keep_ratio in (0.0, 0.05, 0.3, 0.5, 0.75, 0.9, 0.99, 1.0):
+                for min_channels in (1, 5, 100):
+                    unrounded = int(kept_count(keep_ratio, channels, min_channels))
+                    allowed = {m for m in range(round_to, channels + 1, round_to)
+                               if m >= min_channels} | {channels}
+                    below = [m for m in allowed if m <= unrounded]
+                    expected = max(below) if below else min(allowed)
+                    assert int(kept_count(keep_ratio, channels, min_channels, round_to)) \
+                        == expected, (round_to, channels, keep_ratio, min_channels)
+    assert hard_mask(tf.range(20.0), 0.6, round_to=8).numpy().sum() == 8
+
+
 def test_hard_mask_keeps_top_k(rng):
     for channels in (1, 5, 16, 64):
         for keep_ratio in (0.05, 0.3, 0.5, 0.9):

@@ -166,3 +166,17 @@ def test_set_keep_ratios_validates(keras):
         dsa_tf.set_keep_ratios(gated, {name: 1.0})
     with pytest.raises(ValueError, match="no ChannelGate"):
         dsa_tf.keep_ratios(dsa_tf.models.cifar_resnet(20, keras=keras))
+
+
+def test_round_to_raises_the_reachable_minimum_and_shapes_the_strip(keras):
+    model = dsa_tf.models.cifar_resnet(20, keras=keras)
+    with pytest.raises(ValueError, match="round_to must be a positive integer"):
+        dsa_tf.prune_to_budget(model, 0.5, round_to=0)
+    dsa_tf.prune_to_budget(model, 0.3)  # reachable with single channels
+    with pytest.raises(ValueError, match="round_to=32"):
+        dsa_tf.prune_to_budget(model, 0.3, round_to=32)
+    gated = dsa_tf.prune_to_budget(model, 0.5, round_to=8)
+    dsa_tf.set_keep_ratios(gated, {name: 0.4 for name in dsa_tf.keep_ratios(gated)})
+    small = dsa_tf.strip(gated)
+    widths = sorted({g.channels for g in dsa_tf.analyze(small).groups if g.prunable})
+    assert widths == [8, 24]  # round(0.4 * (16, 32, 64)) = (6, 13, 26) -> (8, 8, 24)
