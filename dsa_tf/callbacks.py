@@ -15,8 +15,9 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from typing import Any
 
 import numpy as np
@@ -58,9 +59,40 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
     (the resource at the current keep ratios) and ``dsa_<resource>_hard`` (the resource of
     the hard configuration, what :func:`dsa_tf.strip` gives), both as fractions.
 
+    Resuming: everything the allocation needs lives in the gates' variables (phase, beta2,
+    the step counter, the ADMM state, the frozen masks); the position in ``alpha_data`` is
+    recomputed from the ADMM iteration count. A fit resumed with
+    ``keras.callbacks.BackupAndRestore`` or from a saved ``.keras`` model (continued with a
+    new DSACallback) carries on where the checkpoint was taken. List DSACallback before
+    BackupAndRestore or ModelCheckpoint in ``callbacks``: the epoch's beta2 growth and the
+    batch's ADMM iteration then happen before the checkpoint is written. With
+    ``keras.utils.set_random_seed`` and ``prune_to_budget(..., seed=...)`` fixed, two runs on
+    CPU give the same allocation and weights.
+
+    Failures: ``alpha_data`` is checked against the model and the loss when ``fit`` begins.
+    A non-finite training loss, or a non-finite keep-ratio update, stops ``fit`` with a
+    ``FloatingPointError`` naming the epoch, batch and phase; the failing update is not
+    applied (the gates keep their last finite state, and the BatchNorm statistics the Theta
+    step touched are restored), and a BackupAndRestore backup is kept for resuming.
+
+    Distributed training (``tf.distribute.MirroredStrategy``, and
+    ``MultiWorkerMirroredStrategy`` under tf_keras): call ``prune_to_budget`` and ``compile``
+    inside ``strategy.scope()``. The gates' variables are then mirrored, and only this
+    callback writes them, between weight steps (never inside a replica's step), so each write
+    gives every replica the same value: the phase, beta2, the masks (drawn once per weight
+    step from state that is identical everywhere) and the frozen masks. The Theta step runs
+    on the global batch: ``alpha_data`` batches are global batches, each replica computes
+    the gradient on its slice, and an all-reduce sums them (:func:`keep_ratio_gradients`);
+    the ADMM update then runs on identical inputs on every worker, so the keep ratios and the
+    ADMM state stay identical too. With several workers, every worker must read the same
+    ``alpha_data`` batches in the same order (no unseeded shuffling). ``steps_per_execution``
+    must be 1.
+
     Args:
         alpha_data: the held-out data for the keep-ratio (Theta) steps: a ``tf.data.Dataset``
-            or any re-iterable of ``(x, y)`` or ``(x, y, sample_weight)`` batches.
+            or a list (or other re-iterable) of ``(x, y)`` or ``(x, y, sample_weight)``
+            batches. One-shot iterators and generators are refused (they would be exhausted
+            after one pass).
         warmup_epochs: plain-training epochs before the allocation (paper: 20 of 300).
         update_every: weight steps per ADMM iteration (paper: 20).
         loss: loss for the Theta steps, ``loss(y_true, y_pred)``; default: the model's
@@ -84,6 +116,12 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         super().__init__()
         if warmup_epochs < 0 or update_every < 1:
             raise ValueError("warmup_epochs must be >= 0 and update_every >= 1.")
+        if isinstance(alpha_data, Iterator) or not isinstance(alpha_data, Iterable):
+            why = "one-shot: exhausted after one pass" if isinstance(alpha_data, Iterator) \
+                else "not iterable"
+            raise ValueError(f"alpha_data must be read again and again, but the given "
+                             f"{type(alpha_data).__name__} is {why}. Pass a tf.data.Dataset "
+                             f"or a list of (x, y) batches.")
         self.alpha_data = alpha_data
         self.warmup_epochs = int(warmup_epochs)
         self.update_every = int(update_every)
@@ -94,6 +132,7 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         self.rho1, self.rho2, self.loss_scale = float(rho1), float(rho2), loss_scale
         self.verbose = verbose
         self._batches = None
+        self._epoch = 0
 
     # ----------------------------------------------------------------- set-up
     def on_train_begin(self, logs: dict | None = None) -> None:
@@ -102,13 +141,17 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         if not self.gates:
             raise ValueError(f"DSACallback needs a model made by dsa_tf.prune_to_budget; "
                              f"{model.name!r} has no ChannelGate.")
-        if _steps_per_execution(model) > 1:
-            raise ValueError("DSACallback counts weight steps in batch callbacks: compile the "
-                             "model with steps_per_execution=1.")
+        steps = _steps_per_execution(model)
+        if steps > 1:
+            raise ValueError(
+                f"DSACallback needs steps_per_execution=1, the model was compiled with {steps}: "
+                f"it draws each weight step's masks and counts the weight steps between ADMM "
+                f"iterations in batch callbacks, which Keras calls once per {steps} steps.")
         self.resources = list(self.gates[0].budget)
         self._resource_model()
         self._loss_fn = self._resolve_loss()
-        self._batches = self._alpha_batches()
+        self._check_alpha_data()
+        self._batches = None  # positioned at the first ADMM iteration of this fit
         if getattr(self, "_traced_for", None) is not model:  # trace once per model
             self._update = tf.function(self._admm_update)
             self._resample = tf.function(lambda: resample_masks(self.model))
@@ -137,31 +180,67 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         if isinstance(loss, (dict, list, tuple)):
             raise ValueError("The model has several losses; pass DSACallback(loss=...) for the "
                              "keep-ratio steps.")
-        return _keras.keras_of(self.model).losses.get(loss) if isinstance(loss, str) else loss
+        loss = _keras.keras_of(self.model).losses.get(loss) if isinstance(loss, str) else loss
+        return per_example_loss(loss)
 
-    def _alpha_batches(self) -> Any:
-        """An endless iterator over alpha_data (checked to yield at least one batch)."""
+    def _check_alpha_data(self) -> None:
+        """Checks alpha_data's first batch against the model's inputs and the loss, so that a
+        mismatch is reported when ``fit`` begins rather than at the first ADMM iteration."""
+        try:
+            first = next(iter(self.alpha_data))
+        except StopIteration:
+            raise ValueError("alpha_data yielded no batch.") from None
+        if not isinstance(first, (tuple, list)) or not 2 <= len(first) <= 3:
+            raise ValueError(f"alpha_data must yield (x, y) or (x, y, sample_weight) batches; "
+                             f"its first batch is {_describe(first)}.")
+        x, y = first[:2]
+        inputs = _keras.model_inputs(self.model)
+        names = [_keras.input_name(t) for t in inputs]
+        if isinstance(x, Mapping):
+            missing = [n for n in names if n not in x]
+            if missing:
+                raise ValueError(f"alpha_data's x has keys {sorted(x)}; the model's inputs are "
+                                 f"{names} (missing {missing}).")
+            given = [x[n] for n in names]
+        else:
+            given = tf.nest.flatten(x)
+        if len(given) != len(inputs):
+            raise ValueError(f"alpha_data's x is {_describe(x)}; the model has {len(inputs)} "
+                             f"input(s) {names}.")
+        for name, tensor, value in zip(names, inputs, given):
+            expected = _keras.shape_of(tensor)
+            if not tf.TensorShape(expected).is_compatible_with(_shape(value)):
+                raise ValueError(f"alpha_data's x for the model input {name!r} has shape "
+                                 f"{_shape(value)}; the model expects {expected} (None: any "
+                                 f"size).")
+        output = self.model(x, training=False)
+        try:
+            self._loss_fn(y, output)
+        except (ValueError, TypeError, tf.errors.OpError) as error:
+            raise ValueError(f"The keep-ratio loss fails on alpha_data's first batch: y is "
+                             f"{_describe(y)}, the model's output {_describe(output)}. "
+                             f"{type(error).__name__}: {error}") from error
+
+    def _alpha_batches(self, start: int) -> Iterator:
+        """An endless iterator over alpha_data from batch ``start`` on. One batch is read per
+        ADMM iteration, so starting at the iteration count makes a resumed fit read the
+        batches the uninterrupted one would have read."""
         data = self.alpha_data
         if isinstance(data, tf.data.Dataset):
-            data = data.repeat()
+            return iter(data.repeat().skip(start))
+        if isinstance(data, Sized) and len(data):
+            start %= len(data)
 
-        def forever() -> Any:
+        def forever() -> Iterator:
             while True:
                 empty = True
                 for batch in data:
                     empty = False
                     yield batch
                 if empty:
-                    return
+                    raise ValueError("alpha_data yielded no batch.")
 
-        batches = forever()
-        try:
-            first = next(batches)
-        except StopIteration:
-            raise ValueError("alpha_data yielded no batch.") from None
-        if not isinstance(first, (tuple, list)) or len(first) < 2:
-            raise ValueError("alpha_data must yield (x, y) or (x, y, sample_weight) batches.")
-        return itertools.chain([first], batches)
+        return itertools.islice(forever(), start, None)
 
     # ------------------------------------------------------------- the phases
     def _phase(self) -> int:
@@ -172,6 +251,7 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
             gate.mode.assign(phase)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch = epoch  # for error messages only
         if self._phase() == OPEN and epoch >= self.warmup_epochs:
             refresh_importance(self.model)
             self._set_phase(STOCHASTIC)
@@ -182,10 +262,19 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
             self._resample()
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.all(np.isfinite(loss)):
+            raise FloatingPointError(self._failure(f"the training loss is {np.asarray(loss)}",
+                                                   batch))
         if self._phase() != STOCHASTIC or int(self.gates[0].step.numpy()) % self.update_every:
             return
+        if self._batches is None:
+            self._batches = self._alpha_batches(int(self.gates[0].admm_step.numpy()))
         x, y = next(self._batches)[:2]
-        self._update(x, y)
+        if not bool(self._update(x, y)):
+            raise FloatingPointError(self._failure(
+                "the keep-ratio update on the next alpha_data batch is not finite (it was not "
+                "applied)", batch))
         hard = self._ratios(hard=True)
         if all(hard[n] <= self.gates[0].budget[n] for n in self.resources):
             refresh_importance(self.model)
@@ -220,7 +309,17 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         values = admm.resource_ratios(tf.stack(ratios), self.A, self.b, self.c).numpy()
         return {name: float(v) for name, v in zip(self.resources, values)}
 
-    def _admm_update(self, x: Any, y: Any) -> None:
+    def _admm_update(self, x: Any, y: Any) -> tf.Tensor:
+        """One ADMM iteration on the batch (x, y), applied only if its result is finite.
+
+        Returns:
+            Whether it was finite. If not, the gates are left as they were, and the model's
+            other non-trainable variables (BatchNorm statistics, which the Theta step's
+            training-mode forward pass updates) are restored.
+        """
+        in_gates = {id(v) for gate in self.gates for v in gate.weights}
+        others = [v for v in self.model.non_trainable_variables if id(v) not in in_gates]
+        saved = [tf.identity(tf.convert_to_tensor(v)) for v in others]
         grads = keep_ratio_gradients(self.model, self._loss_fn, x, y)
         thetas = [_keras.tf_variable(gate.theta) for gate in self.gates]
         first = self.gates[0]
@@ -232,15 +331,33 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         new = admm.admm_iteration(state, tf.stack(grads), self.A, self.b, self.c, self.budgets,
                                   theta_learning_rate=self.theta_learning_rate,
                                   rho1=self.rho1, rho2=self.rho2, loss_scale=self.loss_scale)
-        for k, gate in enumerate(self.gates):
-            for name in ("theta", "z", "u2", "adam_m", "adam_v"):
-                getattr(gate, name).assign(getattr(new, name)[k])
-            gate.u1.assign(new.u1)
-            gate.loss_grad_sq.assign(new.loss_grad_sq)
-            gate.admm_step.assign(new.step)
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in new])
+
+        def commit() -> tf.Tensor:
+            for k, gate in enumerate(self.gates):
+                for name in ("theta", "z", "u2", "adam_m", "adam_v"):
+                    getattr(gate, name).assign(getattr(new, name)[k])
+                gate.u1.assign(new.u1)
+                gate.loss_grad_sq.assign(new.loss_grad_sq)
+                gate.admm_step.assign(new.step)
+            return tf.constant(True)
+
+        def restore() -> tf.Tensor:
+            for variable, value in zip(others, saved):
+                variable.assign(value)
+            return tf.constant(False)
+
+        return tf.cond(finite, commit, restore)
 
     def _stack(self, name: str) -> tf.Tensor:
         return tf.stack([tf.convert_to_tensor(getattr(g, name)) for g in self.gates])
+
+    def _failure(self, what: str, batch: int) -> str:
+        return (f"DSACallback stopped fit: {what} at epoch {self._epoch + 1}, batch {batch + 1}, "
+                f"in the {PHASES[self._phase()]} phase (after "
+                f"{int(self.gates[0].admm_step.numpy())} ADMM iterations). The gates keep their "
+                f"last finite state; resume from a checkpoint (keras.callbacks.BackupAndRestore "
+                f"keeps its backup) with a lower learning rate or clean data.")
 
     def _say(self, message: str) -> None:
         if self.verbose:
@@ -250,15 +367,49 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
 def keep_ratio_gradients(model: Any, loss_fn: Any, x: Any, y: Any) -> list[tf.Tensor]:
     """dL/dTheta of every gate on one batch, through DSA's straight-through estimator.
 
-    The loss is computed with the gates' current masks m; then dL/dp = dL/dm (straight
-    through) is carried to Theta by the implicit gradient of the keep probabilities p:
+    The loss L is the batch mean of the per-example losses (:func:`per_example_loss`),
+    computed with the gates' current masks m; then dL/dp = dL/dm (straight through) is carried
+    to Theta by the implicit gradient of the keep probabilities p:
     dL/dTheta = sum_i dL/dm_i * dp_i/da * a (1 - a).
+
+    Under a ``tf.distribute`` strategy (the model's ``distribute_strategy``) the batch is the
+    global batch, as the batches ``fit`` gets: replica r of R (counted over all workers) takes
+    its contiguous slice r of the batch and computes the gradient of its slice's mean loss
+    times the slice's share of the batch, and an all-reduce sums the replicas' gradients.
+    That is the gradient of the batch's mean loss (with BatchNorm statistics per replica, as
+    in the weight steps), and every replica of every worker gets the same values. Every
+    worker must iterate the same alpha data (same batches, same order), as every replica
+    slices the batch of its own worker. Without a strategy the single replica takes the whole
+    batch.
+
+    Raises:
+        ValueError: a batch with fewer examples than replicas (a replica would get none).
     """
+    strategy = model.distribute_strategy
+    loss_fn = per_example_loss(loss_fn)
+    x, y = tf.nest.map_structure(tf.convert_to_tensor, (x, y))
+    size = tf.nest.flatten(x)[0].shape[0]
+    if size is not None and size < strategy.num_replicas_in_sync:
+        raise ValueError(f"An alpha_data batch of {size} examples cannot be split over "
+                         f"{strategy.num_replicas_in_sync} replicas; batch alpha_data with at "
+                         f"least one example per replica (drop_remainder=True).")
+    grads = strategy.run(_replica_keep_ratio_gradients, args=(model, loss_fn, x, y))
+    return [strategy.experimental_local_results(g)[0] for g in grads]
+
+
+def _replica_keep_ratio_gradients(model: Any, loss_fn: Any, x: Any, y: Any) -> list[tf.Tensor]:
+    """This replica's weighted share of :func:`keep_ratio_gradients`, all-reduced."""
+    context = tf.distribute.get_replica_context()
+    size = tf.shape(tf.nest.flatten(x)[0])[0]
+    replica, replicas = context.replica_id_in_sync_group, context.num_replicas_in_sync
+    start, stop = size * replica // replicas, size * (replica + 1) // replicas
+    x, y = tf.nest.map_structure(lambda t: t[start:stop], (x, y))
+    share = tf.cast(stop - start, tf.float32) / tf.cast(size, tf.float32)
     gates = gates_of(model)
     masks = [_keras.tf_variable(gate.mask) for gate in gates]
     with tf.GradientTape() as tape:
         tape.watch(masks)
-        loss = loss_fn(y, model(x, training=True))
+        loss = share * tf.reduce_mean(loss_fn(y, model(x, training=True)))
     mask_grads = [tf.zeros_like(m) if g is None else g for g, m in
                   zip(tape.gradient(loss, masks), masks)]
     thetas = [_keras.tf_variable(gate.theta) for gate in gates]
@@ -266,7 +417,28 @@ def keep_ratio_gradients(model: Any, loss_fn: Any, x: Any, y: Any) -> list[tf.Te
         tape.watch(thetas)
         probabilities = [gate.probabilities() for gate in gates]
     grads = tape.gradient(probabilities, thetas, output_gradients=mask_grads)
-    return [tf.zeros([]) if g is None else g for g in grads]
+    grads = [tf.zeros([]) if g is None else g for g in grads]
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+
+
+def per_example_loss(loss: Any) -> Any:
+    """``loss`` giving per-example values, which :func:`keep_ratio_gradients` averages.
+
+    A Keras ``Loss`` object is shallow-copied with reduction "none" (tf_keras refuses a loss
+    that averages over the batch under a ``tf.distribute`` strategy, where each replica sees
+    only its slice); a loss function, which gives per-example values, is returned as it is.
+
+    Example:
+        >>> import tensorflow as tf
+        >>> loss = tf.keras.losses.MeanSquaredError()
+        >>> per_example_loss(loss)(tf.zeros([2, 1]), tf.ones([2, 1])).numpy().tolist()
+        [1.0, 1.0]
+    """
+    if getattr(loss, "reduction", None) in (None, "none"):
+        return loss
+    unreduced = copy.copy(loss)
+    unreduced.reduction = "none"
+    return unreduced
 
 
 def gate_order(plan: Any, gates: list) -> np.ndarray:
@@ -277,6 +449,21 @@ def gate_order(plan: Any, gates: list) -> np.ndarray:
         if any(fc.op is gate for gate in gates) and fc.op.name not in order:
             order[fc.op.name] = prunable[gate_group(plan, fc)[0]]
     return np.array([order[gate.name] for gate in gates])
+
+
+def _shape(value: Any) -> tuple:
+    """The shape of an array, tensor or nested list, as a tuple."""
+    return tuple(value.shape) if hasattr(value, "shape") else np.shape(value)
+
+
+def _describe(value: Any) -> str:
+    """A batch or part of one, for error messages: its structure and shapes."""
+    if isinstance(value, (tuple, list)):
+        parts = ", ".join(_describe(v) for v in value)
+        return f"a {type(value).__name__} of {len(value)} ({parts})"
+    if isinstance(value, Mapping):
+        return f"a dict with keys {sorted(value)}"
+    return f"an array of shape {_shape(value)}"
 
 
 def _steps_per_execution(model: Any) -> int:

@@ -17,6 +17,12 @@ leaves them alone, traced train functions see every change, and checkpoints carr
   of a model, the shared part (``u1`` per constraint, ``loss_grad_sq``, ``admm_step``): see
   :mod:`dsa_tf.admm`. :class:`dsa_tf.DSACallback` reads and writes them.
 
+Under a ``tf.distribute`` strategy (a gate made in ``strategy.scope()``) these variables are
+mirrored with the default settings (written on every replica, no aggregation). That is enough
+because they are written only between weight steps, in cross-replica context, where one
+write sets every replica's copy; the train step only reads them. A write inside a replica's
+step would change only that replica's copy, so nothing may write them there.
+
 In inference (``training=False``) the gate keeps the top-k channels by importance,
 k = max(min_channels, round(a * C)) (a multiple of ``round_to`` or C when ``round_to > 1``, see
 :func:`dsa_tf.keep_process.kept_count`), or the frozen mask once frozen: exactly what

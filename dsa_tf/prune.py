@@ -64,14 +64,15 @@ def budget_fractions(plan: ChannelPlan, budget: float | Mapping[str, float],
             raise ValueError(f"The {name} budget must be a positive finite number, got {value!r}.")
         fraction = float(value) if value <= 1 else float(value) / full
         if fraction > 1:
-            raise ValueError(f"The {name} budget {value:,} exceeds the model's {full:,.0f} {name}.")
+            raise ValueError(f"The {name} budget {value:,} exceeds the model's {full:,.0f} {name} "
+                             f"(a budget above 1 is an absolute count; a share is in (0, 1]).")
         reachable = model_of(lowest) / full
         if fraction < reachable:
+            given = f"{fraction:.4f}" if value <= 1 else f"{value:,} ({fraction:.4f})"
             raise ValueError(
-                f"The {name} budget {fraction:.4f} (of the model's {full:,.0f}) cannot be met: "
-                f"with min_channels={min_channels}, round_to={round_to} in every prunable "
-                f"group the smallest "
-                f"reachable value is {reachable:.4f} ({model_of(lowest):,.0f} {name}).")
+                f"The {name} budget {given} (of the model's {full:,.0f}) cannot be met: with "
+                f"min_channels={min_channels}, round_to={round_to} in every prunable group the "
+                f"smallest reachable value is {reachable:.4f} ({model_of(lowest):,.0f} {name}).")
         fractions[name] = fraction
     return fractions
 
