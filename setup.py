@@ -21,6 +21,8 @@ setup(
         "importlib_resources>=6",
         "absl-py>=1.4",
         "ai-edge-litert>=2.0",
+        "matplotlib>=3.7",
     ],
+    entry_points={"console_scripts": ["dsa-tf=dsa_tf.cli:run"]},
     extras_require={"dev": ["pytest>=8", "ruff>=0.6"]},
 )

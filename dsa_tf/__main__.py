@@ -1,0 +1,6 @@
+"""``python -m dsa_tf``: the same as the ``dsa-tf`` command."""
+
+from dsa_tf.cli import run
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,140 @@
+"""The ``dsa-tf`` command (also ``python -m dsa_tf``).
+
+Commands:
+    dsa-tf prune [--config=paper|quick] [--model=...] [--dataset=...] [--budget=...] --out=DIR
+        Trains a model with DSA to the budget, strips, evaluates, exports and times it, and
+        writes the run directory (see :mod:`dsa_tf.pipeline`). Started again with the same
+        arguments, it resumes an interrupted run.
+    dsa-tf report DIR
+        Prints the before/after table of a finished run.
+    dsa-tf benchmark FILE.tflite [FILE.tflite ...] [--threads=1] [--latency_runs=20]
+        Times .tflite files side by side in LiteRT.
+
+``--config`` chooses the schedule (``paper``: DSA's; ``quick``: minutes on a CPU); every other
+flag overrides one of its values. Examples::
+
+    dsa-tf prune --model=resnet56 --dataset=cifar10 --budget=0.5 --out=runs/r56
+    dsa-tf prune --config=quick --dataset=cifar10 --out=runs/quick
+    dsa-tf prune --model=MobileNetV2 --weights=imagenet --dataset=imagenette/160px \\
+        --image_size=128 --budget=0.6 --out=runs/mnv2
+    dsa-tf report runs/r56
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import warnings
+from collections.abc import Sequence
+
+from absl import app, flags, logging
+
+from dsa_tf.run_config import RunConfig, preset
+
+_HELP = {
+    "model": "resnet20/32/44/56/110 (CIFAR ResNets), a keras.applications name "
+             "(MobileNetV2, ResNet50...) or a .keras file.",
+    "dataset": "A tfds image-classification dataset (cifar10, fashion_mnist, imagenette...).",
+    "out": "The run directory.",
+    "budget": "Kept fraction of --resource (0 < budget <= 1).",
+    "resource": "flops or params.",
+    "round_to": "Pruned groups keep multiples of this many channels (or all of them).",
+    "init": "A pre-trained .keras model to start from (no warm-up; evaluated as the reference).",
+    "weights": "'imagenet' to start a keras.applications model from ImageNet weights.",
+    "data_dir": "tfds data_dir (default: $TFDS_DATA_DIR, else tfds' default).",
+    "image_size": "Resize images to this side (default: the dataset's own size).",
+    "train_examples": "Train on a seeded subset of this many training images (0: all).",
+    "alpha_fraction": "Share of the training images held out for the keep-ratio steps.",
+    "epochs": "Training epochs in total.",
+    "warmup_epochs": "Plain-training epochs before the allocation.",
+    "update_every": "Weight steps per ADMM iteration.",
+    "batch_size": "Batch size.",
+    "lr": "Initial learning rate.",
+    "lr_schedule": "step or cosine.",
+    "lr_boundaries": "Epochs at which the step schedule divides the learning rate by 10.",
+    "momentum": "SGD momentum.",
+    "weight_decay": "Weight decay.",
+    "seed": "Seed of the split, the weights, the masks and the shuffles.",
+    "int8": "Also export and verify a full-integer TFLite model.",
+    "latency_runs": "Timed rounds per model in the latency measurement.",
+}
+
+CONFIG = flags.DEFINE_enum("config", "paper", ["paper", "quick"],
+                           "The schedule: the DSA paper's, or a CPU-sized quick one.")
+VERBOSE = flags.DEFINE_integer("verbose", 1, "0 silent, 1 progress, 2 one line per epoch.")
+THREADS = flags.DEFINE_integer("threads", 1, "LiteRT threads for `dsa-tf benchmark`.")
+
+
+def _define_run_flags() -> None:
+    defaults = RunConfig()
+    for field in dataclasses.fields(RunConfig):
+        value, help_text = getattr(defaults, field.name), _HELP[field.name]
+        if field.name == "lr_boundaries":
+            flags.DEFINE_list(field.name, [str(v) for v in value], help_text)
+        elif isinstance(value, bool):
+            flags.DEFINE_boolean(field.name, value, help_text)
+        elif isinstance(value, int) or field.name == "image_size":
+            flags.DEFINE_integer(field.name, value, help_text)
+        elif isinstance(value, float):
+            flags.DEFINE_float(field.name, value, help_text)
+        else:
+            flags.DEFINE_string(field.name, value, help_text)
+
+
+_define_run_flags()
+FLAGS = flags.FLAGS
+
+
+def config_from_flags() -> RunConfig:
+    """The --config schedule with every flag given on the command line applied to it."""
+    given = {f.name: FLAGS[f.name].value for f in dataclasses.fields(RunConfig)
+             if FLAGS[f.name].present}
+    if "lr_boundaries" in given:
+        given["lr_boundaries"] = tuple(int(v) for v in given["lr_boundaries"])
+    return preset(CONFIG.value, **given)
+
+
+def main(argv: Sequence[str]) -> int:
+    """Runs one command; ``argv`` is what absl left after parsing the flags."""
+    _quiet_tensorflow()
+    if len(argv) < 2 or argv[1] not in ("prune", "report", "benchmark"):
+        raise app.UsageError("usage: dsa-tf prune|report|benchmark ...; see dsa-tf --help.")
+    command, arguments = argv[1], list(argv[2:])
+    if command == "prune":
+        if arguments:
+            raise app.UsageError(f"prune takes flags only, got {arguments}.")
+        from dsa_tf.pipeline import run_pruning
+
+        run_pruning(config_from_flags(), verbose=VERBOSE.value)
+    elif command == "report":
+        if len(arguments) != 1:
+            raise app.UsageError("usage: dsa-tf report RUN_DIR")
+        from dsa_tf.run_report import load_report, summary_table
+
+        print(summary_table(load_report(arguments[0])))
+    else:
+        if not arguments:
+            raise app.UsageError("usage: dsa-tf benchmark FILE.tflite [FILE.tflite ...]")
+        from dsa_tf.tflite_latency import compare_tflite_latency
+
+        for report in compare_tflite_latency(arguments, threads=THREADS.value,
+                                             rounds=FLAGS.latency_runs):
+            print(report.summary())
+    return 0
+
+
+def _quiet_tensorflow() -> None:
+    """Keeps the command's output to progress and results: TensorFlow's and the TFLite
+    converter's informational logs and deprecation notices are dropped."""
+    import tensorflow as tf
+
+    logging.set_verbosity(logging.WARNING)
+    tf.get_logger().setLevel("ERROR")
+    for message in (r"\s*Warning: tf.lite.Interpreter is deprecated",
+                    "Statistics for quantized inputs were expected"):
+        warnings.filterwarnings("ignore", message=message)
+
+
+def run(argv: Sequence[str] | None = None) -> None:
+    """The console entry point."""
+    app.run(main, argv=list(sys.argv if argv is None else argv))

@@ -1,0 +1,124 @@
+"""The report of a pruning run: its before/after table and its allocation figure.
+
+:func:`dsa_tf.pipeline.run_pruning` writes ``report.json``; :func:`load_report` reads it back,
+:func:`summary_table` formats it (``dsa-tf report RUN_DIR`` prints it) and
+:func:`plot_allocation` draws the channels every group keeps, in network order, like the
+allocation figure of the DSA paper.
+
+Example:
+    >>> report = {"config": {"budget": 0.5, "resource": "flops", "dataset": "cifar10",
+    ...                      "model": "resnet20"},
+    ...           "unpruned": {"flops": 1000, "params": 100},
+    ...           "stripped": {"flops": 480, "params": 40, "test_accuracy": 0.9}}
+    >>> print(summary_table(report).splitlines()[3])
+    FLOPs                           1,000          480    0.480
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+PHASES = ("warm-up", "allocation", "fine-tuning")
+
+
+def load_report(run_dir: str) -> dict:
+    """The ``report.json`` of a finished run.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` has no report (the run has not finished).
+    """
+    path = os.path.join(run_dir, "report.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No report.json in {run_dir}: the run has not finished (start "
+                                f"the same dsa-tf prune command again to resume it).")
+    with open(path) as file:
+        return json.load(file)
+
+
+def summary_table(report: dict) -> str:
+    """The before/after table of a run: FLOPs, params, accuracy, TFLite size and latency."""
+    config = report["config"]
+    before, after = report["unpruned"], report["stripped"]
+    lines = [f"{config['model']} on {config['dataset']}, budget {config['budget']} of the "
+             f"{config['resource']}",
+             f"{'':24}{'unpruned':>13}{'stripped':>13}{'ratio':>9}",
+             "-" * 59]
+
+    def row(label: str, a: Any, b: Any, fmt: str) -> None:
+        ratio = f"{b / a:9.3f}" if isinstance(a, (int, float)) and isinstance(
+            b, (int, float)) and a else f"{'':9}"
+        cell = [format(v, fmt) if isinstance(v, (int, float)) else "n/a" for v in (a, b)]
+        lines.append(f"{label:24}{cell[0]:>13}{cell[1]:>13}{ratio}")
+
+    row("FLOPs", before["flops"], after["flops"], ",")
+    row("params", before["params"], after["params"], ",")
+    row("test accuracy", before.get("test_accuracy"), after.get("test_accuracy"), ".4f")
+    for kind in ("float32", "int8"):
+        a = before.get("tflite", {}).get(kind)
+        b = after.get("tflite", {}).get(kind)
+        if not (a and b):
+            continue
+        row(f"TFLite {kind} KiB", a["size_bytes"] / 1024, b["size_bytes"] / 1024, ".1f")
+        if "latency" in a and "latency" in b:
+            row(f"TFLite {kind} ms", a["latency"]["median_ms"], b["latency"]["median_ms"],
+                ".3f")
+    phases = epoch_phases(report.get("history", []))
+    if phases:
+        lines.append("-" * 59)
+        lines.append("epochs (phase at epoch end): " + ", ".join(
+            f"{name} {span['epochs']} ({span['seconds']:.0f} s)" for name, span in phases.items()))
+    if "admm_iterations" in report:
+        lines.append(f"ADMM iterations: {report['admm_iterations']}")
+    if report.get("timings_s"):
+        lines.append("time (s): " + ", ".join(f"{k} {v:.0f}"
+                                             for k, v in report["timings_s"].items()))
+    return "\n".join(lines)
+
+
+def epoch_phases(history: list[dict]) -> dict[str, dict]:
+    """The epochs each DSA phase ran in, from history rows: ``{"allocation": {"epochs": "2-4",
+    "seconds": 310.0}, ...}`` (1-based epochs; seconds from the rows' ``epoch_seconds``).
+
+    Example:
+        >>> epoch_phases([{"epoch": 0, "dsa_phase": 0, "epoch_seconds": 10.0},
+        ...               {"epoch": 1, "dsa_phase": 1, "epoch_seconds": 20.0},
+        ...               {"epoch": 2, "dsa_phase": 1, "epoch_seconds": 21.0}])["allocation"]
+        {'epochs': '2-3', 'seconds': 41.0}
+    """
+    epochs: dict[str, list[int]] = {}
+    seconds: dict[str, float] = {}
+    for row in history:
+        if row.get("dsa_phase") is None:
+            continue
+        name = PHASES[int(row["dsa_phase"])]
+        epochs.setdefault(name, []).append(int(row["epoch"]) + 1)
+        seconds[name] = seconds.get(name, 0.0) + float(row.get("epoch_seconds") or 0.0)
+    return {name: {"epochs": f"{min(e)}-{max(e)}" if len(e) > 1 else str(e[0]),
+                   "seconds": round(seconds[name], 1)}
+            for name, e in epochs.items()}
+
+
+def plot_allocation(report: dict, path: str) -> None:
+    """Draws the channels of every pruned group before and after, in network order, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    rows = report["allocation"]
+    positions = range(len(rows))
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.35 * len(rows) + 2), 4.0))
+    axes.bar(positions, [r["channels"] for r in rows], color="#c6dbef", label="unpruned")
+    axes.bar(positions, [r["kept"] for r in rows], color="#2171b5", label="kept")
+    axes.set_xticks(list(positions))
+    axes.set_xticklabels([r["group"] for r in rows], rotation=90, fontsize=7)
+    axes.set_ylabel("channels")
+    config, after = report["config"], report["stripped"]
+    axes.set_title(f"{config['model']}: {after['flops_ratio']:.1%} of the FLOPs, "
+                   f"{after['params_ratio']:.1%} of the params")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
