@@ -98,10 +98,11 @@ def export_tflite(model: Any, path: str | os.PathLike, *, quantize: str | None =
 
     Raises:
         ValueError: an unknown ``quantize`` mode, ``"int8"`` without ``representative_data``,
-            ``int8_io`` without ``"int8"``, Flex operators without ``allow_flex``, or input
-            batches that do not fit the model.
+            ``int8_io`` without ``"int8"``, Flex operators without ``allow_flex``, input
+            batches that do not fit the model, or inputs of unknown size without
+            ``representative_data``.
         TypeError: ``model`` is not a functional or Sequential Keras model.
-        FileNotFoundError, IsADirectoryError: ``path`` cannot be written.
+        FileNotFoundError, IsADirectoryError, PermissionError: ``path`` cannot be written.
         dsa_tf.ExportVerificationError: the converted model does not reproduce the Keras model
             (nothing is written then).
 
@@ -125,6 +126,10 @@ def export_tflite(model: Any, path: str | os.PathLike, *, quantize: str | None =
     _check_writable(path)
     inputs = _keras.model_inputs(model)
     if representative_data is None:
+        unknown = [_keras.input_name(t) for t in inputs if None in _keras.shape_of(t)[1:]]
+        if unknown:
+            raise ValueError(f"Inputs {unknown} have dimensions of unknown size; pass "
+                             f"representative_data to verify the export on real shapes.")
         rng = np.random.default_rng(seed)
         batches = [{t.name: rng.normal(size=(verify_samples,) + _keras.shape_of(t)[1:])
                     .astype("float32") for t in inputs}]

@@ -206,6 +206,10 @@ def test_bad_arguments(keras, tmp_path):
     with pytest.raises(ValueError, match="the model's inputs are"):
         dsa_tf.export_tflite(model, tmp_path / "m.tflite",
                              representative_data=[{"a_first": np.zeros((1, 6))}])
+    image = keras.Input((None, None, 3))
+    variable = keras.Model(image, keras.layers.Conv2D(2, 3)(image))
+    with pytest.raises(ValueError, match="unknown size"):
+        dsa_tf.export_tflite(variable, tmp_path / "m.tflite")
     assert not os.listdir(tmp_path)
 
 
