@@ -7,11 +7,11 @@ the same share of its channels, the channels with the largest L1 norm of their p
 kernels (summed over the group's producers), at the largest uniform keep ratio (found by
 bisection) whose FLOPs, from ``plan.flops`` (exact at integer channel counts), stay within the
 target. Two more variants round every kept count to a multiple of 8 or of 16 (at least one
-multiple, at most all the group's channels); rounding makes the FLOPs ratio jump, so they take
-the rounded configuration closest to the target: the largest one within it, or the next one
-up when that is closer (its FLOPs ratio then exceeds the target a little; the table gives the
-exact ratio). A rounded variant whose smallest configuration exceeds its target is left out,
-with a note.
+multiple, at most all the group's channels), again the largest configuration within the
+target, as ``prune_to_budget(..., round_to=N)`` keeps within its budget; rounding makes the
+FLOPs ratio jump, so these variants can sit well below their target (the table gives the exact
+ratio). A rounded variant whose smallest configuration exceeds its target is left out, with a
+note.
 
 Every variant and the unpruned model are exported with ``dsa_tf.export_tflite`` as float32 and
 as int8 (full integer, float32 inputs and outputs, 32 random-normal calibration examples; every
@@ -82,9 +82,8 @@ def kept_counts(channels: np.ndarray, ratio: float, multiple: int) -> np.ndarray
 
 def uniform_keep(plan: dsa_tf.ChannelPlan, channels: np.ndarray, target: float,
                  multiple: int) -> np.ndarray | None:
-    """Kept counts at the largest uniform ratio whose FLOPs ratio is within ``target``; rounded
-    counts (``multiple`` > 1) take the next configuration up instead when its FLOPs ratio is
-    closer to the target. None if even the smallest configuration exceeds the target."""
+    """Kept counts at the largest uniform ratio whose FLOPs ratio is within ``target``, or
+    None if even the smallest configuration exceeds the target."""
     full = plan.flops(np.ones(len(channels)))
 
     def flops_ratio(ratio: float) -> float:
@@ -96,8 +95,6 @@ def uniform_keep(plan: dsa_tf.ChannelPlan, channels: np.ndarray, target: float,
         low, high = (middle, high) if flops_ratio(middle) <= target else (low, middle)
     if flops_ratio(low) > target:
         return None
-    if multiple > 1 and flops_ratio(high) - target < target - flops_ratio(low):
-        low = high
     return kept_counts(channels, low, multiple)
 
 

@@ -42,6 +42,8 @@ _HELP = {
     "init": "A pre-trained .keras model to start from (no warm-up; evaluated as the reference).",
     "weights": "'imagenet' to start a keras.applications model from ImageNet weights.",
     "data_dir": "tfds data_dir (default: $TFDS_DATA_DIR, else tfds' default).",
+    "download": "Let tfds download and prepare a missing dataset into the data folder.",
+    "manual_dir": "Where tfds finds manually downloaded files (imagenet2012), with --download.",
     "image_size": "Resize images to this side (default: the dataset's own size).",
     "train_examples": "Train on a seeded subset of this many training images (0: all).",
     "alpha_fraction": "Share of the training images held out for the keep-ratio steps.",
@@ -137,4 +139,9 @@ def _quiet_tensorflow() -> None:
 
 def run(argv: Sequence[str] | None = None) -> None:
     """The console entry point."""
-    app.run(main, argv=list(sys.argv if argv is None else argv))
+    argv = list(sys.argv if argv is None else argv)
+    # --help describes the main module: make it this one's commands and flags.
+    sys.modules["__main__"].__doc__ = __doc__
+    for flag in FLAGS.flags_by_module_dict().get(__name__, []):
+        FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    app.run(main, argv=argv)

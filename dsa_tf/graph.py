@@ -1,6 +1,6 @@
 """Walk a functional Keras model into channel groups and their resource model.
 
-The walk follows DSA's topological grouping (DSA.md, "Topological grouping"): every layer that
+The walk follows DSA's topological grouping (Ning et al., ECCV 2020, section 3): every layer that
 creates channels starts a channel space, channel-wise layers pass spaces through, and
 element-wise merges join the spaces they combine into one group (union-find), so that
 convolutions tied by a residual add keep the same channels. Nested models are walked through

@@ -1,4 +1,4 @@
-"""Differentiable pruning process of one channel group (DSA.md, "Differentiable pruning process").
+"""Differentiable pruning process of one channel group (the DSA paper's keep process).
 
 A group has C channels with base importances b_i > 0 (e.g. |gamma_i| of its BatchNorm) and one keep
 ratio a in (0, 1). Channel i is kept with probability
@@ -19,9 +19,10 @@ Implicit gradient. Write l = log beta1 and S = sum_j p_j (1 - p_j). Differentiat
     dl/da = -C / (beta2 * S)           (negative: a larger keep ratio needs a lower threshold)
     dp_i/da = C * p_i (1 - p_i) / S    (so d mean(p) / da = 1 exactly).
 
-DSA.md prints dl/da without the minus sign; the sign above is the one that makes mean(p) track a and
-is what the tests check against finite differences. `keep_probabilities` realises it with the
-autodiff trick l = stop_grad(l*) + s * (a - stop_grad(a)), s = stop_grad(-C / (beta2 * S)): the
+Written without the minus sign, as it is sometimes summarised, dl/da would be wrong: the sign
+above is the one that makes mean(p) track a and is what the tests check against finite
+differences. `keep_probabilities` realises it with the autodiff trick
+l = stop_grad(l*) + s * (a - stop_grad(a)), s = stop_grad(-C / (beta2 * S)): the
 forward value is l* and the only gradient path is through a. Importances and beta2 are detached.
 
 Sampling. The mask m_i ~ Bernoulli(p_i) is drawn from caller-supplied uniform noise

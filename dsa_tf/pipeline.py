@@ -67,7 +67,8 @@ def run_pruning(config: RunConfig, *, callbacks: Sequence[Any] = (), verbose: in
         splits = data.load(config.dataset, data_dir=config.data_dir,
                            batch_size=config.batch_size, alpha_fraction=config.alpha_fraction,
                            seed=config.seed, image_size=config.image_size,
-                           train_examples=config.train_examples or None)
+                           train_examples=config.train_examples or None,
+                           download=config.download, manual_dir=config.manual_dir)
         log.say(f"{config.dataset}: {splits.train_examples:,} training, "
                 f"{splits.alpha_examples:,} allocation, {splits.test_examples:,} test images "
                 f"of shape {tuple(splits.input_shape)}, {splits.num_classes} classes")

@@ -40,6 +40,9 @@ class RunConfig:
             as the unpruned reference).
         weights: "imagenet" to start a keras.applications model from ImageNet weights.
         data_dir: tfds data_dir (None: ``$TFDS_DATA_DIR`` or tfds' default).
+        download: let tfds download and prepare a missing dataset into the data folder.
+        manual_dir: where tfds finds manually downloaded files (imagenet2012), with
+            ``download``.
         image_size: resize images to this side (None: the dataset's own size).
         train_examples: use a seeded subset of this many training images (0: all).
         alpha_fraction: the share of the training images held out for the keep-ratio steps.
@@ -66,6 +69,8 @@ class RunConfig:
     init: str | None = None
     weights: str | None = None
     data_dir: str | None = None
+    download: bool = False
+    manual_dir: str | None = None
     image_size: int | None = None
     train_examples: int = 0
     alpha_fraction: float = 0.1

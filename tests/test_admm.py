@@ -25,7 +25,7 @@ MAX_SHORTFALL = 0.05  # R may end at most this far below the budget when first m
 def resnet_resource_models(blocks_per_stage: int = 3) -> tuple[tuple[np.ndarray, ...], ...]:
     """FLOPs and params models of a CIFAR ResNet with 1x1 projection shortcuts.
 
-    Groups (DSA.md): 3 stage groups (stem or projection conv + every block's second conv),
+    Groups (DSA's grouping): 3 stage groups (stem or projection conv + every block's second conv),
     then one group per block's first conv: K = 3 + 3 * blocks_per_stage (12 for ResNet-20).
     A conv of group k fed by group n adds its cost to A[k, n]; the stem adds to b.
     """

@@ -103,6 +103,8 @@ def test_report_command_and_a_changed_setting(run_dir):
         dsa_tf_command("prune", *ARGS, "--budget=0.5", f"--data_dir={data_dir}", f"--out={out}"),
         capture_output=True, text=True, timeout=120)
     assert changed.returncode != 0 and "other settings (budget)" in changed.stderr
+    usage = subprocess.run(dsa_tf_command("--help"), capture_output=True, text=True, timeout=120)
+    assert "dsa-tf report DIR" in usage.stdout and "--budget" in usage.stdout
 
 
 def test_presets_and_model_names(keras, tmp_path):
