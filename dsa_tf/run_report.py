@@ -55,15 +55,21 @@ def summary_table(report: dict) -> str:
     row("FLOPs", before["flops"], after["flops"], ",")
     row("params", before["params"], after["params"], ",")
     row("test accuracy", before.get("test_accuracy"), after.get("test_accuracy"), ".4f")
+    failures = []
     for kind in ("float32", "int8"):
-        a = before.get("tflite", {}).get(kind)
-        b = after.get("tflite", {}).get(kind)
-        if not (a and b):
+        exports = [side.get("tflite", {}).get(kind) for side in (before, after)]
+        if not any(exports):
             continue
-        row(f"TFLite {kind} KiB", a["size_bytes"] / 1024, b["size_bytes"] / 1024, ".1f")
-        if "latency" in a and "latency" in b:
-            row(f"TFLite {kind} ms", a["latency"]["median_ms"], b["latency"]["median_ms"],
-                ".3f")
+        exports = [e or {} for e in exports]
+        failures += [f"{label} {kind}: {e['error']}" for label, e in
+                     zip(("unpruned", "stripped"), exports) if "error" in e]
+        sizes = [e["size_bytes"] / 1024 if "size_bytes" in e else None for e in exports]
+        row(f"TFLite {kind} KiB", *sizes, ".1f")
+        times = [e["latency"]["median_ms"] if "latency" in e else None for e in exports]
+        row(f"TFLite {kind} ms", *times, ".3f")
+    if failures:
+        lines.append("export failures (n/a above):")
+        lines += [f"  {failure}" for failure in failures]
     phases = epoch_phases(report.get("history", []))
     if phases:
         lines.append("-" * 59)

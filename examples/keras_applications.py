@@ -39,7 +39,8 @@ def imagenet_weights_available(name: str, size: int) -> bool:
         getattr(_keras.default_keras().applications, name)(
             weights="imagenet", include_top=False, input_shape=(size, size, 3))
     except Exception as error:  # no network, no cached file
-        print(f"ImageNet weights for {name} unavailable ({type(error).__name__}); "
+        reason = (str(error).splitlines() or [""])[0][:160]
+        print(f"ImageNet weights for {name} unavailable ({type(error).__name__}: {reason}); "
               f"training from random weights.")
         return False
     return True

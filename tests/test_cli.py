@@ -12,7 +12,7 @@ import pytest
 import dsa_tf
 from dsa_tf.pipeline import build_model
 from dsa_tf.run_config import preset
-from dsa_tf.run_report import load_report
+from dsa_tf.run_report import load_report, summary_table
 
 import tagged_images
 
@@ -122,6 +122,8 @@ def test_presets_and_model_names(keras, tmp_path):
         build_model(preset("quick", model="resnet7x"), (8, 8, 1), 3, keras)
     mobilenet = build_model(preset("quick", model="MobileNetV2"), (32, 32, 3), 5, keras)
     assert mobilenet.output_shape == (None, 5)
+    assert {layer.get_config()["momentum"] for layer in mobilenet.layers
+            if type(layer).__name__ == "BatchNormalization"} == {0.9}
     path = str(tmp_path / "small.keras")
     dsa_tf.models.cifar_resnet(8, 3, (8, 8, 1), keras=keras).save(path)
     with pytest.raises(ValueError, match="takes inputs of shape"):
@@ -129,3 +131,16 @@ def test_presets_and_model_names(keras, tmp_path):
     with pytest.raises(FileNotFoundError, match="has not finished"):
         load_report(str(tmp_path))
     assert isinstance(build_model(config, (8, 8, 1), 3, keras), keras.Model)
+
+
+def test_summary_table_reports_a_failed_export():
+    export = {"size_bytes": 2048, "latency": {"median_ms": 1.5}}
+    report = {"config": {"model": "m", "dataset": "d", "budget": 0.5, "resource": "flops"},
+              "unpruned": {"flops": 100, "params": 10,
+                           "tflite": {"float32": export, "int8": {"error": "int8 mismatch"}}},
+              "stripped": {"flops": 50, "params": 5, "test_accuracy": 0.5,
+                           "tflite": {"float32": export, "int8": export}}}
+    lines = summary_table(report).splitlines()
+    int8_size = next(line for line in lines if line.startswith("TFLite int8 KiB"))
+    assert int8_size.split()[3:5] == ["n/a", "2.0"]
+    assert "  unpruned int8: int8 mismatch" in lines
