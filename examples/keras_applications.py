@@ -8,8 +8,8 @@ test accuracy, verified TFLite export and LiteRT latency.
 
 Time on 2 CPU cores with the defaults (CIFAR-10 resized to 96x96, 5,000 training images, 4
 epochs): 7 minutes for MobileNetV2 from random weights (budget met after 75 ADMM iterations,
-59% of the FLOPs, test accuracy 38%, float32 TFLite latency 0.74x, int8 0.85x). ImageNet-style data (imagenette...) work the same
-with ``--dataset`` and ``--image_size``.
+59% of the FLOPs, test accuracy 38%, float32 TFLite latency 0.74x, int8 0.85x).
+ImageNet-style data (imagenette...) work the same with ``--dataset`` and ``--image_size``.
 
     python examples/keras_applications.py --model=MobileNetV2 \
         --data_dir=../shared/tensorflow_datasets
