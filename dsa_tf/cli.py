@@ -31,36 +31,6 @@ from absl import app, flags, logging
 
 from dsa_tf.run_config import RunConfig, preset
 
-_HELP = {
-    "model": "resnet20/32/44/56/110 (CIFAR ResNets), a keras.applications name "
-             "(MobileNetV2, ResNet50...) or a .keras file.",
-    "dataset": "A tfds image-classification dataset (cifar10, fashion_mnist, imagenette...).",
-    "out": "The run directory.",
-    "budget": "Kept fraction of --resource (0 < budget <= 1).",
-    "resource": "flops or params.",
-    "round_to": "Pruned groups keep multiples of this many channels (or all of them).",
-    "init": "A pre-trained .keras model to start from (no warm-up; evaluated as the reference).",
-    "weights": "'imagenet' to start a keras.applications model from ImageNet weights.",
-    "data_dir": "tfds data_dir (default: $TFDS_DATA_DIR, else tfds' default).",
-    "download": "Let tfds download and prepare a missing dataset into the data folder.",
-    "manual_dir": "Where tfds finds manually downloaded files (imagenet2012), with --download.",
-    "image_size": "Resize images to this side (default: the dataset's own size).",
-    "train_examples": "Train on a seeded subset of this many training images (0: all).",
-    "alpha_fraction": "Share of the training images held out for the keep-ratio steps.",
-    "epochs": "Training epochs in total.",
-    "warmup_epochs": "Plain-training epochs before the allocation.",
-    "update_every": "Weight steps per ADMM iteration.",
-    "batch_size": "Batch size.",
-    "lr": "Initial learning rate.",
-    "lr_schedule": "step or cosine.",
-    "lr_boundaries": "Epochs at which the step schedule divides the learning rate by 10.",
-    "momentum": "SGD momentum.",
-    "weight_decay": "Weight decay.",
-    "seed": "Seed of the split, the weights, the masks and the shuffles.",
-    "int8": "Also export and verify a full-integer TFLite model.",
-    "latency_runs": "Timed rounds per model in the latency measurement.",
-}
-
 CONFIG = flags.DEFINE_enum("config", "paper", ["paper", "quick"],
                            "The schedule: the DSA paper's, or a CPU-sized quick one.")
 VERBOSE = flags.DEFINE_integer("verbose", 1, "0 silent, 1 progress, 2 one line per epoch.")
@@ -68,9 +38,8 @@ THREADS = flags.DEFINE_integer("threads", 1, "LiteRT threads for `dsa-tf benchma
 
 
 def _define_run_flags() -> None:
-    defaults = RunConfig()
     for field in dataclasses.fields(RunConfig):
-        value, help_text = getattr(defaults, field.name), _HELP[field.name]
+        value, help_text = field.default, field.metadata["help"]
         if field.name == "lr_boundaries":
             flags.DEFINE_list(field.name, [str(v) for v in value], help_text)
         elif isinstance(value, bool):

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -95,8 +94,7 @@ def run_pruning(config: RunConfig, *, callbacks: Sequence[Any] = (), verbose: in
             log.say(f"training already finished: loading {gated_path}")
             gated = keras.models.load_model(gated_path, compile=False)
         else:
-            steps = math.ceil(splits.train_examples / config.batch_size)
-            _compile(gated, config, keras, from_logits, steps_per_epoch=steps)
+            _compile(gated, config, keras, from_logits, steps_per_epoch=splits.steps_per_epoch)
             gated.fit(splits.train, epochs=config.epochs, verbose=_fit_verbosity(verbose),
                       shuffle=False,  # the dataset shuffles itself
                       callbacks=[*_training_callbacks(config, splits, out, keras, verbose),

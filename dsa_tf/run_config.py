@@ -24,68 +24,63 @@ from typing import Any
 SCHEDULES = ("step", "cosine")
 
 
+def _setting(default: Any, help_text: str) -> Any:
+    """A RunConfig field with its default and its help text."""
+    return dataclasses.field(default=default, metadata={"help": help_text})
+
+
 @dataclasses.dataclass
 class RunConfig:
-    """The settings of one ``dsa-tf prune`` run (every field is also a command-line flag).
+    """The settings of one ``dsa-tf prune`` run.
 
-    Attributes:
-        model: a CIFAR ResNet ("resnet20", "resnet56", any 6n+2 depth), a keras.applications
-            name ("MobileNetV2", "ResNet50"...), or the path of a ``.keras`` model.
-        dataset: a tfds image-classification dataset name.
-        out: the run directory.
-        budget: the kept fraction of ``resource`` (0 < budget <= 1).
-        resource: "flops" or "params".
-        round_to: pruned groups keep multiples of this many channels (or all of them).
-        init: a pre-trained ``.keras`` model to start from (no warm-up; it is also evaluated
-            as the unpruned reference).
-        weights: "imagenet" to start a keras.applications model from ImageNet weights.
-        data_dir: tfds data_dir (None: ``$TFDS_DATA_DIR`` or tfds' default).
-        download: let tfds download and prepare a missing dataset into the data folder.
-        manual_dir: where tfds finds manually downloaded files (imagenet2012), with
-            ``download``.
-        image_size: resize images to this side (None: the dataset's own size).
-        train_examples: use a seeded subset of this many training images (0: all).
-        alpha_fraction: the share of the training images held out for the keep-ratio steps.
-        epochs: training epochs in total (warm-up, allocation and fine-tuning).
-        warmup_epochs: plain-training epochs before the allocation starts.
-        update_every: weight steps per ADMM iteration.
-        batch_size: training batch size.
-        lr: initial learning rate of SGD with momentum.
-        lr_schedule: "step" (divide by 10 at ``lr_boundaries``) or "cosine" (decay to 0).
-        lr_boundaries: epochs at which the "step" schedule divides the learning rate by 10.
-        momentum: SGD momentum.
-        weight_decay: decoupled weight decay of the optimizer (scaled by the learning rate).
-        seed: seed of the split, the initial weights, the masks and the shuffles.
-        int8: also export and verify a full-integer TFLite model.
-        latency_runs: timed rounds per model in the LiteRT latency measurement.
+    Every field is also a ``dsa-tf prune`` flag; its ``help`` metadata, below, says what it
+    means and is the flag's help text.
     """
 
-    model: str = "resnet20"
-    dataset: str = "cifar10"
-    out: str = "runs/dsa"
-    budget: float = 0.5
-    resource: str = "flops"
-    round_to: int = 1
-    init: str | None = None
-    weights: str | None = None
-    data_dir: str | None = None
-    download: bool = False
-    manual_dir: str | None = None
-    image_size: int | None = None
-    train_examples: int = 0
-    alpha_fraction: float = 0.1
-    epochs: int = 300
-    warmup_epochs: int = 20
-    update_every: int = 20
-    batch_size: int = 128
-    lr: float = 0.05
-    lr_schedule: str = "step"
-    lr_boundaries: tuple[int, ...] = (120, 180, 240)
-    momentum: float = 0.9
-    weight_decay: float = 4e-5
-    seed: int = 0
-    int8: bool = True
-    latency_runs: int = 20
+    model: str = _setting(
+        "resnet20", "resnet20/32/44/56/110 (CIFAR ResNets, any 6n+2 depth), a "
+        "keras.applications name (MobileNetV2, ResNet50...) or the path of a .keras model.")
+    dataset: str = _setting(
+        "cifar10", "A tfds image-classification dataset (cifar10, fashion_mnist, imagenette...).")
+    out: str = _setting("runs/dsa", "The run directory.")
+    budget: float = _setting(0.5, "Kept fraction of --resource (0 < budget <= 1).")
+    resource: str = _setting("flops", "flops or params.")
+    round_to: int = _setting(
+        1, "Pruned groups keep multiples of this many channels (or all of them).")
+    init: str | None = _setting(
+        None, "A pre-trained .keras model to start from (no warm-up; it is also evaluated as "
+        "the unpruned reference).")
+    weights: str | None = _setting(
+        None, "'imagenet' to start a keras.applications model from ImageNet weights.")
+    data_dir: str | None = _setting(
+        None, "tfds data_dir (default: $TFDS_DATA_DIR, else tfds' default).")
+    download: bool = _setting(
+        False, "Let tfds download and prepare a missing dataset into the data folder.")
+    manual_dir: str | None = _setting(
+        None, "Where tfds finds manually downloaded files (imagenet2012), with --download.")
+    image_size: int | None = _setting(
+        None, "Resize images to this side (default: the dataset's own size).")
+    train_examples: int = _setting(
+        0, "Train on a seeded subset of this many training images (0: all).")
+    alpha_fraction: float = _setting(
+        0.1, "Share of the training images held out for the keep-ratio steps.")
+    epochs: int = _setting(
+        300, "Training epochs in total (warm-up, allocation and fine-tuning).")
+    warmup_epochs: int = _setting(20, "Plain-training epochs before the allocation starts.")
+    update_every: int = _setting(20, "Weight steps per ADMM iteration.")
+    batch_size: int = _setting(128, "Training batch size.")
+    lr: float = _setting(0.05, "Initial learning rate of SGD with momentum.")
+    lr_schedule: str = _setting(
+        "step", "step (divide by 10 at --lr_boundaries) or cosine (decay to 0).")
+    lr_boundaries: tuple[int, ...] = _setting(
+        (120, 180, 240), "Epochs at which the step schedule divides the learning rate by 10.")
+    momentum: float = _setting(0.9, "SGD momentum.")
+    weight_decay: float = _setting(
+        4e-5, "Decoupled weight decay of the optimizer (scaled by the learning rate).")
+    seed: int = _setting(0, "Seed of the split, the initial weights, the masks and the shuffles.")
+    int8: bool = _setting(True, "Also export and verify a full-integer TFLite model.")
+    latency_runs: int = _setting(
+        20, "Timed rounds per model in the LiteRT latency measurement.")
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in SCHEDULES:
