@@ -85,8 +85,6 @@ def run_pruning(config: RunConfig, *, callbacks: Sequence[Any] = (), verbose: in
             _compile(model, config, keras, from_logits, steps_per_epoch=1)
             report["unpruned"]["test_accuracy"] = _accuracy(model, splits.test)
             log.say(f"reference test accuracy {report['unpruned']['test_accuracy']:.4f}")
-        gated = prune_to_budget(model, config.budget, resource=config.resource,
-                                round_to=config.round_to, seed=config.seed)
 
     gated_path = os.path.join(out, "gated.keras")
     with log.phase("training"):
@@ -94,6 +92,8 @@ def run_pruning(config: RunConfig, *, callbacks: Sequence[Any] = (), verbose: in
             log.say(f"training already finished: loading {gated_path}")
             gated = keras.models.load_model(gated_path, compile=False)
         else:
+            gated = prune_to_budget(model, config.budget, resource=config.resource,
+                                    round_to=config.round_to, seed=config.seed)
             _compile(gated, config, keras, from_logits, steps_per_epoch=splits.steps_per_epoch)
             gated.fit(splits.train, epochs=config.epochs, verbose=_fit_verbosity(verbose),
                       shuffle=False,  # the dataset shuffles itself
