@@ -23,6 +23,6 @@ setup(
         "ai-edge-litert>=2.0",
         "matplotlib>=3.7",
     ],
-    entry_points={"console_scripts": ["dsa-tf=dsa_tf.cli:run"]},
+    entry_points={"console_scripts": ["dsa-tf=dsa_tf.run.cli:run"]},
     extras_require={"dev": ["pytest>=8", "ruff>=0.6"]},
 )

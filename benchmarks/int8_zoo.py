@@ -14,7 +14,7 @@ nearly uniform (every probability about 0.001, below one int8 step of a [0, 1] o
 arg-max is noise; and every BatchNorm gets random statistics and affine parameters (the fresh
 ones make each BatchNorm an identity), so that quantisation sees realistic, unequal channel
 ranges. The criterion is then the export's relative error, ``max |tflite - keras| / max
-|keras|`` over the logits (tolerance :data:`dsa_tf.verify.TOLERANCES`), which is of order 1
+|keras|`` over the logits (tolerance :data:`dsa_tf.deploy.verify.TOLERANCES`), which is of order 1
 for a wrong model. Calibration and verification inputs are standard normal images.
 
 Run from the repository root (8-16 minutes on 2 busy CPU cores):

@@ -191,7 +191,7 @@ def keras3_part(args: argparse.Namespace) -> dict[str, Any]:
     plain = compile_model(dsa_tf.models.cifar_resnet(20), keras)
     gated = compile_model(dsa_tf.prune_to_budget(dsa_tf.models.cifar_resnet(20), args.budget),
                           keras)
-    gates = dsa_tf.prune.gates_of(gated)
+    gates = dsa_tf.allocation.gated_model.gates_of(gated)
     callback = make_dsa_callback(alpha, args.update_every)
     timer = make_timer(keras)
     phases: list[float] = []

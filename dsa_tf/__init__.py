@@ -1,5 +1,10 @@
 """dsa_tf: budgeted channel pruning for Keras with DSA (Differentiable Sparsity Allocation).
 
+The package has four wings, and data flows one way through them: model -> ``structure``
+(channel groups and what they cost) -> ``allocation`` (how many channels each group keeps)
+-> strip -> ``deploy`` (TFLite); ``run`` is the ``dsa-tf`` job that drives them all. This
+module holds the public API and nothing else.
+
 Example:
     >>> import dsa_tf
     >>> model = dsa_tf.models.cifar_resnet(20)
@@ -9,20 +14,23 @@ Example:
     True
 """
 
-from dsa_tf import data, models
-from dsa_tf.callbacks import DSACallback, allocation_report
-from dsa_tf.counting import count_flops, count_params
-from dsa_tf.export import ExportReport, export_tflite
-from dsa_tf.gates import gate_class
-from dsa_tf.graph import ChannelPlan, Group, analyze
-from dsa_tf.masking import masked_call
-from dsa_tf.pipeline import run_pruning
-from dsa_tf.prune import keep_ratios, prune_to_budget, set_keep_ratios
-from dsa_tf.qat import quantize_aware
-from dsa_tf.run_config import RunConfig, preset
-from dsa_tf.strip import strip
-from dsa_tf.tflite_latency import LatencyReport, benchmark_tflite, compare_tflite_latency
-from dsa_tf.verify import ExportVerificationError
+from dsa_tf import models
+from dsa_tf.allocation.callback import DSACallback
+from dsa_tf.allocation.gated_model import keep_ratios, set_keep_ratios
+from dsa_tf.allocation.gated_strip import strip
+from dsa_tf.allocation.gates import gate_class
+from dsa_tf.allocation.prune import prune_to_budget
+from dsa_tf.allocation.report import allocation_report
+from dsa_tf.deploy.export import ExportReport, export_tflite
+from dsa_tf.deploy.qat import quantize_aware
+from dsa_tf.deploy.timing import LatencyReport, benchmark_tflite, compare_tflite_latency
+from dsa_tf.deploy.verify import ExportVerificationError
+from dsa_tf.run import data
+from dsa_tf.run.config import RunConfig, preset
+from dsa_tf.run.pipeline import run_pruning
+from dsa_tf.structure.counting import count_flops, count_params
+from dsa_tf.structure.graph import ChannelPlan, Group, analyze
+from dsa_tf.structure.masking import masked_call
 
 ChannelGate = gate_class()  # registered for loading saved gated models
 

@@ -1,10 +1,10 @@
 """The DSA paper's CIFAR-10 experiment: a ResNet-20 or ResNet-56 pruned to a FLOPs budget.
 
-What it shows: the paper's schedule (``dsa_tf.run_config.preset("paper")``: 300 epochs, batch
+What it shows: the paper's schedule (``dsa_tf.run.config.preset("paper")``: 300 epochs, batch
 128, SGD momentum 0.9, lr 0.05 divided by 10 at epochs 120/180/240, weight decay 4e-5, 20 warm-up
 epochs, one ADMM iteration every 20 weight steps, a 90/10 split of the training set for the
 weights and the keep ratios, pad-and-crop and flip augmentation), run end to end by
-``dsa_tf.pipeline.run_pruning``: training from scratch, strip, test accuracy, TFLite export
+``dsa_tf.run.pipeline.run_pruning``: training from scratch, strip, test accuracy, TFLite export
 (float32 and int8, verified) and latency, with the run directory described in the README.
 
 Time: the full schedule is days on 2 CPU cores (ResNet-20 trains at about 65 images/s here)
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from dsa_tf.pipeline import run_pruning
-from dsa_tf.run_config import preset
+from dsa_tf.run.config import preset
+from dsa_tf.run.pipeline import run_pruning
 
 DEPTH = flags.DEFINE_enum("depth", "20", ["20", "56"], "ResNet depth.")
 BUDGET = flags.DEFINE_float("budget", 0.5, "FLOPs budget (the paper: 0.75, 0.5, 0.33).")

@@ -3,7 +3,7 @@
 What it shows: dsa_tf on a model it did not define: keras.applications' MobileNetV2 or ResNet50
 (inverted residuals, depthwise convolutions, projection shortcuts), started from ImageNet
 weights when they can be loaded (they are downloaded by Keras), else from random weights, then
-pruned to a FLOPs budget by ``dsa_tf.pipeline.run_pruning``: allocation, fine-tuning, strip,
+pruned to a FLOPs budget by ``dsa_tf.run.pipeline.run_pruning``: allocation, fine-tuning, strip,
 test accuracy, verified TFLite export and LiteRT latency.
 
 Time on 2 CPU cores with the defaults (CIFAR-10 resized to 96x96, 5,000 training images, 4
@@ -20,8 +20,8 @@ from __future__ import annotations
 from absl import app, flags
 
 from dsa_tf import _keras
-from dsa_tf.pipeline import run_pruning
-from dsa_tf.run_config import preset
+from dsa_tf.run.config import preset
+from dsa_tf.run.pipeline import run_pruning
 
 MODEL = flags.DEFINE_enum("model", "MobileNetV2", ["MobileNetV2", "ResNet50"], "The model.")
 DATASET = flags.DEFINE_string("dataset", "cifar10", "A tfds image-classification dataset.")

@@ -55,8 +55,8 @@ import tensorflow_datasets as tfds
 from absl import app, flags
 
 import dsa_tf
-from dsa_tf.gates import FROZEN
-from dsa_tf.prune import gates_of
+from dsa_tf.allocation.gated_model import gates_of
+from dsa_tf.allocation.gates import FROZEN
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SHARED = os.path.join(os.path.dirname(_REPO), "shared", "tensorflow_datasets")

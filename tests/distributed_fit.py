@@ -53,8 +53,8 @@ def run(strategy: Any) -> dict:
     import tensorflow as tf
 
     import dsa_tf
-    from dsa_tf.gates import FROZEN, STOCHASTIC
-    from dsa_tf.prune import gates_of
+    from dsa_tf.allocation.gated_model import gates_of
+    from dsa_tf.allocation.gates import FROZEN, STOCHASTIC
 
     keras = tf.keras
     keras.backend.clear_session()
@@ -109,7 +109,7 @@ def theta_gradients(strategy: Any, weights: list | None = None,
     import tensorflow as tf
 
     import dsa_tf
-    from dsa_tf.callbacks import keep_ratio_gradients
+    from dsa_tf.allocation.keep_gradients import keep_ratio_gradients
 
     keras = tf.keras
     layers = keras.layers

@@ -1,4 +1,4 @@
-"""Tests of dsa_tf.admm: formulas against numpy, and the budget-reaching behaviour.
+"""Tests of dsa_tf.allocation.admm: formulas against numpy, and the budget-reaching behaviour.
 
 Running this file as a script prints the iterations-to-budget tables quoted in the docstring of
 ``dsa_tf/admm.py``; ``key=value`` arguments override admm_iteration's keyword defaults::
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dsa_tf import admm
+from dsa_tf.allocation import admm
 
 ITERATION_BOUND = 150  # documented in dsa_tf/admm.py
 MAX_SHORTFALL = 0.05  # R may end at most this far below the budget when first met

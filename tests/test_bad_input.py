@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import dsa_tf
 from dsa_tf import _keras
-from dsa_tf.prune import gates_of
+from dsa_tf.allocation.gated_model import gates_of
 
 from test_callback import _data, _small_net
 

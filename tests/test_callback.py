@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 
 import dsa_tf
-from dsa_tf.gates import FROZEN, STOCHASTIC
-from dsa_tf.prune import gates_of
+from dsa_tf.allocation.gated_model import gates_of
+from dsa_tf.allocation.gates import FROZEN, STOCHASTIC
 
 
 def _small_net(keras):

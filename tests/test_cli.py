@@ -10,9 +10,9 @@ import time
 import pytest
 
 import dsa_tf
-from dsa_tf.pipeline import build_model
-from dsa_tf.run_config import preset
-from dsa_tf.run_report import load_report, summary_table
+from dsa_tf.run.config import preset
+from dsa_tf.run.pipeline import build_model
+from dsa_tf.run.report import load_report, summary_table
 
 import tagged_images
 

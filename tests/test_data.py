@@ -1,4 +1,4 @@
-"""dsa_tf.data on tfds' mock data and on tagged_images, a tiny dataset prepared in a temporary
+"""dsa_tf.run.data on tfds' mock data and on tagged_images, a tiny dataset prepared in a temporary
 folder (tests/tagged_images.py)."""
 
 import os

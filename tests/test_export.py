@@ -10,8 +10,8 @@ from ai_edge_litert.interpreter import Interpreter
 
 import dsa_tf
 from dsa_tf import _keras
-from dsa_tf import export as export_module
-from dsa_tf.verify import TOLERANCES, verify_tflite
+from dsa_tf.deploy import export as export_module
+from dsa_tf.deploy.verify import TOLERANCES, verify_tflite
 
 from masking import randomize
 from small_models import multi_io

@@ -1,4 +1,4 @@
-"""Tests for dsa_tf.keep_process: expectation condition, implicit gradient, masks.
+"""Tests for dsa_tf.allocation.keep_process: expectation condition, implicit gradient, masks.
 
 Reference values are computed independently in numpy: a 200-step numpy bisection for log(beta1),
 central finite differences for dp/da, stable numpy sorting for the hard mask.
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dsa_tf.keep_process import (
+from dsa_tf.allocation.keep_process import (
     hard_mask,
     keep_probabilities,
     kept_count,

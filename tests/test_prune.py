@@ -7,9 +7,9 @@ import tensorflow as tf
 
 import dsa_tf
 from dsa_tf import _keras
-from dsa_tf.callbacks import keep_ratio_gradients
-from dsa_tf.gates import STOCHASTIC, is_gate
-from dsa_tf.prune import gates_of, resample_masks
+from dsa_tf.allocation.gated_model import gates_of, resample_masks
+from dsa_tf.allocation.gates import STOCHASTIC, is_gate
+from dsa_tf.allocation.keep_gradients import keep_ratio_gradients
 
 from masking import randomize
 from small_models import multi_io, sequential, unet

@@ -7,9 +7,9 @@ import pytest
 
 import dsa_tf
 from dsa_tf import _keras
-from dsa_tf.gates import FROZEN, OPEN, STOCHASTIC
-from dsa_tf.prune import gates_of, resample_masks
-from dsa_tf.strip import gate_keep
+from dsa_tf.allocation.gated_model import gates_of, resample_masks
+from dsa_tf.allocation.gated_strip import gate_keep
+from dsa_tf.allocation.gates import FROZEN, OPEN, STOCHASTIC
 
 from test_callback import _data, _small_net
 

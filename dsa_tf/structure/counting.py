@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from dsa_tf import _keras
-from dsa_tf.graph import _call_arguments, _flat_calls
-from dsa_tf.rules import CallInfo, Unsupported, rule_for
+from dsa_tf.structure.graph import _call_arguments, _flat_calls
+from dsa_tf.structure.rules import CallInfo, Unsupported, rule_for
 
 
 def count_flops(model: Any) -> int:

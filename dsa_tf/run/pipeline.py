@@ -13,8 +13,8 @@ skips it when started again), ``stripped.keras``, ``unpruned*.tflite``, ``stripp
 
 Example (the quick schedule on CIFAR-10, about 10 minutes on 2 CPU cores)::
 
-    from dsa_tf.pipeline import run_pruning
-    from dsa_tf.run_config import preset
+    from dsa_tf.run.pipeline import run_pruning
+    from dsa_tf.run.config import preset
     report = run_pruning(preset("quick", dataset="cifar10", budget=0.5, out="runs/quick"))
     print(report["stripped"]["flops_ratio"], report["stripped"]["test_accuracy"])
 """
@@ -32,18 +32,21 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from dsa_tf import _keras, data
-from dsa_tf.callbacks import DSACallback, allocation_report
-from dsa_tf.counting import count_flops, count_params
-from dsa_tf.export import export_tflite
-from dsa_tf.graph import analyze
+from dsa_tf import _keras
+from dsa_tf.allocation.callback import DSACallback
+from dsa_tf.allocation.gated_model import gates_of
+from dsa_tf.allocation.gated_strip import strip
+from dsa_tf.allocation.prune import prune_to_budget
+from dsa_tf.allocation.report import allocation_report
+from dsa_tf.deploy.export import export_tflite
+from dsa_tf.deploy.timing import compare_tflite_latency
+from dsa_tf.deploy.verify import ExportVerificationError
 from dsa_tf.models import cifar_resnet
-from dsa_tf.prune import gates_of, prune_to_budget
-from dsa_tf.run_config import RunConfig
-from dsa_tf.run_report import plot_allocation, summary_table
-from dsa_tf.strip import strip
-from dsa_tf.tflite_latency import compare_tflite_latency
-from dsa_tf.verify import ExportVerificationError
+from dsa_tf.run import data
+from dsa_tf.run.config import RunConfig
+from dsa_tf.run.report import plot_allocation, summary_table
+from dsa_tf.structure.counting import count_flops, count_params
+from dsa_tf.structure.graph import analyze
 
 FROM_SCRATCH_BN_MOMENTUM = 0.9
 
@@ -52,7 +55,7 @@ def run_pruning(config: RunConfig, *, callbacks: Sequence[Any] = (), verbose: in
     """Runs (or resumes) one pruning run and returns its report (also written as report.json).
 
     Args:
-        config: the run's settings (see :func:`dsa_tf.run_config.preset`).
+        config: the run's settings (see :func:`dsa_tf.run.config.preset`).
         callbacks: extra Keras callbacks for the training ``fit``.
         verbose: 0 silent, 1 progress bars and phase lines, 2 one line per epoch.
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from dsa_tf._keras import is_keras_tensor
-from dsa_tf.channels import ChannelMap
+from dsa_tf.structure.channels import ChannelMap
 
 
 class Unsupported(ValueError):
@@ -431,13 +431,27 @@ TF_OP_SYMBOLS: dict[str, Rule] = {
 }
 
 
+def is_mask_layer(op: Any) -> bool:
+    """Whether ``op`` is a channel mask layer: a layer whose class sets ``channel_mask = True``
+    and that multiplies its input by a per-channel mask (DSA's ChannelGate).
+
+    The structure treats such a layer as part of the channels it masks: the analysis passes
+    its channels through, counting gives it no parameters or FLOPs, and strip leaves it out
+    (removing the channels is what the mask stood for).
+    """
+    return getattr(type(op), "channel_mask", False) is True
+
+
 def rule_for(op: Any) -> Rule | None:
     """The rule for a Keras layer or operation, or None when dsa_tf does not know it.
 
     Only Keras' own classes match: a user subclass of Conv2D may behave differently, so it is
-    reported as unknown rather than guessed.
+    reported as unknown rather than guessed. A channel mask layer (:func:`is_mask_layer`)
+    passes its channels through.
     """
     cls = type(op)
+    if is_mask_layer(op):
+        return PASS
     if not cls.__module__.startswith(("keras.", "tf_keras.")):
         return None
     if cls.__name__ in ("TFOpLambda",):

@@ -3,7 +3,7 @@
 Conversion goes through ``tf.lite.TFLiteConverter.from_keras_model`` (Keras 3 and tf_keras).
 Select-TF ("Flex") operators, which most edge runtimes cannot run, are refused unless
 ``allow_flex=True``; every other export is run in LiteRT on sample inputs and compared with the
-Keras model (:mod:`dsa_tf.verify`), and a deviation beyond the mode's tolerance raises.
+Keras model (:mod:`dsa_tf.deploy.verify`), and a deviation beyond the mode's tolerance raises.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from dsa_tf import _keras, litert
-from dsa_tf.verify import TOLERANCES, Verification, verify_tflite
+from dsa_tf import _keras
+from dsa_tf.deploy import litert
+from dsa_tf.deploy.verify import TOLERANCES, Verification, verify_tflite
 
 QUANTIZE_MODES = (None, "dynamic", "float16", "int8")
 
@@ -89,7 +90,7 @@ def export_tflite(model: Any, path: str | os.PathLike, *, quantize: str | None =
         verify_samples: how many examples to verify on; without ``representative_data``
             they are drawn from a standard normal distribution with ``seed``.
         tolerance: largest allowed ``max |tflite - keras| / max |keras|`` per output;
-            defaults to :data:`dsa_tf.verify.TOLERANCES` for the mode.
+            defaults to :data:`dsa_tf.deploy.verify.TOLERANCES` for the mode.
         min_top1: smallest allowed top-1 agreement of classifier outputs (None: not checked).
         seed: seed of the random verification inputs.
 

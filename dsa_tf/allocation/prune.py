@@ -15,13 +15,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
 from dsa_tf import _keras
-from dsa_tf.gates import gate_class, is_gate
-from dsa_tf.graph import ChannelPlan, FlatCall, analyze, resolve
-from dsa_tf.rules import Depthwise, Through
-from dsa_tf.strip import rebuild
+from dsa_tf.allocation.gated_model import refresh_importance
+from dsa_tf.allocation.gates import gate_class
+from dsa_tf.structure.graph import ChannelPlan, FlatCall, analyze, resolve
+from dsa_tf.structure.rules import Depthwise, Through
+from dsa_tf.structure.strip import rebuild
 
 RESOURCES = ("flops", "params")
 
@@ -197,76 +197,3 @@ def _set_importance_sources(plan: ChannelPlan, gates: dict, new_layers: dict) ->
             producers.setdefault(group, []).append(new_name)
     for name, gate in gates.items():
         gate.importance_sources = batch_norms.get(name) or producers.get(name, [])
-
-
-def _layer_importance(layer: Any) -> tf.Tensor:
-    """|gamma| of a BatchNorm, or the L1 norm of each output filter of a conv / Dense."""
-    kind = type(layer).__name__
-    if kind == "BatchNormalization":
-        if layer.gamma is None:
-            return tf.ones(layer.beta.shape)
-        return tf.abs(tf.convert_to_tensor(layer.gamma))
-    kernel = layer.pointwise_kernel if kind.startswith("Separable") else layer.kernel
-    kernel = tf.abs(tf.convert_to_tensor(kernel))
-    out_axis = kernel.shape.rank - (2 if "Transpose" in kind else 1)
-    axes = [a for a in range(kernel.shape.rank) if a != out_axis]
-    return tf.reduce_sum(kernel, axis=axes)
-
-
-def gates_of(model: Any) -> list:
-    """The ChannelGate layers of a gated model, in network order."""
-    return [layer for layer in model.layers if is_gate(layer)]
-
-
-def refresh_importance(model: Any) -> None:
-    """Sets every gate's base importance from its source layers' current weights (detached).
-
-    A group with several sources (the BatchNorms of a residual stage) averages them.
-    """
-    for gate in gates_of(model):
-        values = [_layer_importance(model.get_layer(n)) for n in gate.importance_sources]
-        if values:
-            gate.importance.assign(tf.add_n(values) / len(values))
-
-
-def resample_masks(model: Any) -> None:
-    """Starts a new allocation step: refreshes every gate's importance, advances its noise
-    counter and draws its Bernoulli mask, once for the whole group (every call point of the
-    gate applies the same mask). Traceable: :class:`dsa_tf.DSACallback` runs it in a
-    ``tf.function`` before each weight step of the allocation."""
-    refresh_importance(model)
-    for gate in gates_of(model):
-        gate.step.assign_add(1)
-        gate.mask.assign(gate.sample())
-
-
-def keep_ratios(model: Any) -> dict[str, float]:
-    """The current keep ratio of every gated group: ``{group_name: sigmoid(theta)}``.
-
-    Example:
-        >>> import dsa_tf
-        >>> gated = dsa_tf.prune_to_budget(dsa_tf.models.cifar_resnet(20), 0.5)
-        >>> round(dsa_tf.keep_ratios(gated)["stage1_block1_1_conv"], 3)
-        0.993
-    """
-    gates = gates_of(model)
-    if not gates:
-        raise ValueError(f"{model.name!r} has no ChannelGate; make it with "
-                         f"dsa_tf.prune_to_budget(model, budget).")
-    return {gate.group: float(gate.keep_ratio()) for gate in gates}
-
-
-def set_keep_ratios(model: Any, ratios: Mapping[str, float]) -> None:
-    """Sets the keep ratio of the named groups (0 < ratio < 1; theta = logit(ratio)).
-
-    Raises:
-        ValueError: an unknown group name or a ratio outside (0, 1).
-    """
-    gates = {gate.group: gate for gate in gates_of(model)}
-    for name, ratio in ratios.items():
-        if name not in gates:
-            raise ValueError(f"No gated group {name!r}; gated groups are {sorted(gates)}.")
-        if not 0 < float(ratio) < 1:
-            raise ValueError(f"Keep ratio of {name!r} must be in (0, 1), got {ratio}.")
-    for name, ratio in ratios.items():
-        gates[name].theta.assign(math.log(ratio / (1 - ratio)))

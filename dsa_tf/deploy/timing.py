@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from dsa_tf import litert
+from dsa_tf.deploy import litert
 
 
 @dataclasses.dataclass(frozen=True)

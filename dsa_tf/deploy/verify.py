@@ -25,7 +25,7 @@ int8 ResNet50V2 export agreed on 44% of the examples), so agreement says little 
 ``min_top1`` to require it for trained classifiers.
 
 Example:
-    >>> from dsa_tf.verify import TOLERANCES
+    >>> from dsa_tf.deploy.verify import TOLERANCES
     >>> TOLERANCES["int8"]
     0.3
 """
@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from dsa_tf import _keras, litert
+from dsa_tf import _keras
+from dsa_tf.deploy import litert
 
 TOLERANCES: dict[str | None, float] = {None: 1e-4, "float16": 0.02, "dynamic": 0.15,
                                        "int8": 0.3}

@@ -9,8 +9,8 @@ import numpy as np
 import tensorflow as tf
 
 from dsa_tf import _keras
-from dsa_tf.graph import ChannelPlan, analyze, resolve
-from dsa_tf.strip import space_masks
+from dsa_tf.structure.graph import ChannelPlan, analyze, resolve
+from dsa_tf.structure.strip import space_masks
 
 
 def masked_call(model: Any, keep: Mapping[str, Iterable[int]], inputs: Any, *,

@@ -1,6 +1,6 @@
 """The report of a pruning run: its before/after table and its allocation figure.
 
-:func:`dsa_tf.pipeline.run_pruning` writes ``report.json``; :func:`load_report` reads it back,
+:func:`dsa_tf.run.pipeline.run_pruning` writes ``report.json``; :func:`load_report` reads it back,
 :func:`summary_table` formats it (``dsa-tf report RUN_DIR`` prints it) and
 :func:`plot_allocation` draws the channels every group keeps, in network order, like the
 allocation figure of the DSA paper.

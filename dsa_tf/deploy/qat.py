@@ -8,7 +8,7 @@ Keras 3 models get post-training full-integer quantisation instead:
 Example:
     >>> import dsa_tf
     >>> model = dsa_tf.models.cifar_resnet(8)
-    >>> if dsa_tf.qat.is_supported(model):
+    >>> if dsa_tf.deploy.qat.is_supported(model):
     ...     _ = dsa_tf.quantize_aware(model)   # a tf_keras model: the QAT copy to fine-tune
     ... else:
     ...     try:

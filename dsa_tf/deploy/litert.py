@@ -8,7 +8,7 @@ order LiteRT gives its tensors.
 
 Example:
     >>> import dsa_tf
-    >>> from dsa_tf import litert
+    >>> from dsa_tf.deploy import litert
     >>> model = dsa_tf.models.cifar_resnet(8, input_shape=(16, 16, 3))
     >>> report = dsa_tf.export_tflite(model, "/tmp/dsa_tf_litert_doctest.tflite")
     >>> ops = litert.op_histogram(open(report.path, "rb").read())

@@ -17,8 +17,8 @@ import numpy as np
 import tensorflow as tf
 
 from dsa_tf import _keras
-from dsa_tf.gates import is_gate
-from dsa_tf.graph import ChannelPlan, FlatCall, analyze, resolve, weight_axes
+from dsa_tf.structure.graph import ChannelPlan, FlatCall, analyze, resolve, weight_axes
+from dsa_tf.structure.rules import is_mask_layer
 
 
 def space_masks(plan: ChannelPlan, keep: Mapping[str, Iterable[int]]) -> dict[int, np.ndarray]:
@@ -55,37 +55,36 @@ def space_masks(plan: ChannelPlan, keep: Mapping[str, Iterable[int]]) -> dict[in
     return masks
 
 
-def strip(model: Any, keep: Mapping[str, Iterable[int]] | None = None, *,
-          exclude: Iterable[str] = ()) -> Any:
+def strip(model: Any, keep: Mapping[str, Iterable[int]], *, exclude: Iterable[str] = ()) -> Any:
     """Returns a smaller plain Keras model that keeps only the given channels.
+
+    :func:`dsa_tf.strip` is this function for plain models, and also takes a gated model
+    without ``keep`` (its gates' hard masks then say what is kept).
 
     Args:
         model: a functional or Sequential Keras model (Keras 3 or tf_keras).
         keep: for each channel group to prune (names from :func:`dsa_tf.analyze`), the indices
             of the channels to keep. Groups not listed keep all their channels.
-        exclude: layer names to keep whole, as for :func:`dsa_tf.analyze` (a gated model
-            remembers the ``exclude`` it was made with).
+        exclude: layer names to keep whole, as for :func:`dsa_tf.analyze`.
 
     Returns:
         A new functional model of standard Keras layers whose outputs equal the original
         model's outputs with the dropped channels forced to zero at every layer of their group.
         Nested models are flattened into it; a layer whose name would clash is renamed
-        ``<nested model>_<layer>``.
+        ``<nested model>_<layer>``. Channel mask layers (DSA's gates) are left out.
 
     Raises:
         ValueError: for unsupported models (see :func:`dsa_tf.analyze`) and invalid ``keep``.
 
     Example:
         >>> import dsa_tf
+        >>> from dsa_tf.structure.strip import strip
         >>> model = dsa_tf.models.cifar_resnet(20)
-        >>> small = dsa_tf.strip(model, keep={"stage1_block1_1_conv": range(8)})
+        >>> small = strip(model, keep={"stage1_block1_1_conv": range(8)})
         >>> dsa_tf.count_params(small) < dsa_tf.count_params(model)
         True
     """
-    gates = [layer for layer in model.layers if is_gate(layer)]
-    plan = analyze(model, exclude or (gates[0].exclude if gates else ()))
-    if keep is None:
-        keep = gate_keep(plan)
+    plan = analyze(model, exclude)
     return rebuild(plan, space_masks(plan, keep))[0]
 
 
@@ -93,8 +92,9 @@ def rebuild(plan: ChannelPlan, masks: dict[int, np.ndarray],
             after_call: Callable[[FlatCall, list], list] | None = None) -> tuple[Any, dict]:
     """Replays ``plan``'s model with the channels of ``masks`` removed (see :func:`strip`).
 
-    ChannelGate layers are left out. ``after_call(call, outputs)`` may replace each call's
-    new outputs (prune_to_budget inserts gates with it).
+    Channel mask layers (:func:`dsa_tf.structure.rules.is_mask_layer`) are left out.
+    ``after_call(call, outputs)`` may replace each call's new outputs (prune_to_budget inserts
+    gates with it).
 
     Returns:
         The new model, and a dict from ``id(old layer)`` to its new layer.
@@ -114,7 +114,7 @@ def rebuild(plan: ChannelPlan, masks: dict[int, np.ndarray],
                     + [fc.op.name for fc in {id(fc.op): fc for fc in plan.calls}.values()])
     slices = []
     for fc in plan.calls:
-        if is_gate(fc.op):
+        if is_mask_layer(fc.op):
             new_tensors[id(resolve(alias, fc.call.outputs[0]))] = \
                 new_tensors[id(resolve(alias, fc.call.inputs[0]))]
             continue
@@ -140,34 +140,6 @@ def rebuild(plan: ChannelPlan, masks: dict[int, np.ndarray],
         if getattr(fc.op, "weights", None):
             new_op.set_weights(_sliced_weights(fc, plan, masks))
     return stripped, new_ops
-
-
-def gate_group(plan: ChannelPlan, fc: FlatCall) -> tuple[int, np.ndarray, np.ndarray]:
-    """For a ChannelGate call: its group (index into ``plan.groups``), the positions of the
-    gated tensor's channel axis it masks, and the gate channel of each position."""
-    in_map = fc.info.in_maps[0]
-    positions = fc.info.argument("positions", 1)
-    index = fc.info.argument("index", 2)
-    positions = np.arange(len(in_map)) if positions is None else np.asarray(positions)
-    index = np.arange(len(positions)) if index is None else np.asarray(index)
-    return int(plan.group_of_space[in_map.spaces[positions[0]]]), positions, index
-
-
-def gate_keep(plan: ChannelPlan) -> dict[str, np.ndarray]:
-    """The channels the ChannelGates of a gated model keep (their hard masks)."""
-    keep: dict[str, np.ndarray] = {}
-    for fc in plan.calls:
-        if not is_gate(fc.op):
-            continue
-        g, positions, index = gate_group(plan, fc)
-        mask = fc.op.hard_mask().numpy() > 0.5
-        kept = np.zeros(plan.groups[g].channels, dtype=bool)
-        kept[fc.info.in_maps[0].index[positions]] = mask[index]
-        keep[plan.groups[g].name] = np.flatnonzero(kept)
-    if not keep:
-        raise ValueError("strip(model) needs keep={group_name: channel_indices} for a model "
-                         "without ChannelGates; groups are listed by dsa_tf.analyze(model).")
-    return keep
 
 
 def _kept(channel_map: Any, masks: dict[int, np.ndarray]) -> np.ndarray | None:

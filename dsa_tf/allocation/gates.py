@@ -10,12 +10,12 @@ leaves them alone, traced train functions see every change, and checkpoints carr
 * ``step``: a counter that seeds the Bernoulli noise of each new sample;
 * ``mask``: the mask every call point applies in training: all ones during warm-up, the step's
   Bernoulli sample during allocation (drawn once per step for the whole group by
-  :func:`dsa_tf.prune.resample_masks`), the frozen mask after the allocation;
+  :func:`dsa_tf.allocation.gated_model.resample_masks`), the frozen mask after the allocation;
 * ``mode``: 0 open (warm-up), 1 stochastic (allocation), 2 frozen (the allocation ended:
   ``mask`` is used in training and inference);
 * the group's ADMM state (``z``, ``u2``, ``adam_m``, ``adam_v``) and, identical in every gate
   of a model, the shared part (``u1`` per constraint, ``loss_grad_sq``, ``admm_step``): see
-  :mod:`dsa_tf.admm`. :class:`dsa_tf.DSACallback` reads and writes them.
+  :mod:`dsa_tf.allocation.admm`. :class:`dsa_tf.DSACallback` reads and writes them.
 
 Under a ``tf.distribute`` strategy (a gate made in ``strategy.scope()``) these variables are
 mirrored with the default settings (written on every replica, no aggregation). That is enough
@@ -25,7 +25,7 @@ step would change only that replica's copy, so nothing may write them there.
 
 In inference (``training=False``) the gate keeps the top-k channels by importance,
 k = max(min_channels, round(a * C)) (a multiple of ``round_to`` or C when ``round_to > 1``, see
-:func:`dsa_tf.keep_process.kept_count`), or the frozen mask once frozen: exactly what
+:func:`dsa_tf.allocation.keep_process.kept_count`), or the frozen mask once frozen: exactly what
 :func:`dsa_tf.strip` removes.
 
 The same gate layer is called at every point of its group where a dropped channel could come
@@ -40,8 +40,8 @@ from typing import Any
 
 import tensorflow as tf
 
-from dsa_tf import keep_process
 from dsa_tf._keras import default_keras
+from dsa_tf.allocation import keep_process
 
 OPEN, STOCHASTIC, FROZEN = 0, 1, 2
 
@@ -72,6 +72,10 @@ def make_gate_class(keras: Any) -> type:
             >>> float(tf.reduce_sum(gate(x, training=False)))  # a ~ 0.993 keeps 4 of 4
             16.0
         """
+
+        # A channel mask layer (dsa_tf.structure.rules.is_mask_layer): the structure passes
+        # its channels through and strip leaves it out.
+        channel_mask = True
 
         def __init__(self, group: str, channels: int, min_channels: int = 1, round_to: int = 1,
                      seed: int = 0, theta_init: float = 5.0, importance_sources: tuple = (),

@@ -22,10 +22,9 @@ from typing import Any
 import numpy as np
 
 from dsa_tf import _keras
-from dsa_tf.channels import ChannelMap
-from dsa_tf.gates import is_gate
-from dsa_tf.quadratic import Quadratic
-from dsa_tf.rules import PASS, CallInfo, Rule, Unsupported, rule_for
+from dsa_tf.structure.channels import ChannelMap
+from dsa_tf.structure.quadratic import Quadratic
+from dsa_tf.structure.rules import CallInfo, Rule, Unsupported, is_mask_layer, rule_for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +207,7 @@ class ChannelPlan:
             out_count = self.count(fc.out_maps[0] if fc.out_maps else None)
             if fc.rule is not None and not fc.opaque:
                 flops = flops + fc.rule.flops(fc.op, fc.info, in_count, out_count)
-            if id(fc.op) in seen or is_gate(fc.op):
+            if id(fc.op) in seen or is_mask_layer(fc.op):
                 continue
             seen.add(id(fc.op))
             counts = {"in": in_count, "out": out_count,
@@ -357,7 +356,7 @@ def _walk_call(walk: _Walk, call: _keras.Call, name: str, map_of: Any,
     args, kwargs = _call_arguments(call)
     info = CallInfo(op, args, kwargs, [_keras.shape_of(t) for t in call.inputs],
                     [_keras.shape_of(t) for t in call.outputs], [map_of(t) for t in call.inputs])
-    rule = PASS if is_gate(op) else rule_for(op)
+    rule = rule_for(op)
     why = "dsa_tf has no channel rule for this layer type" if rule is None else ""
     if rule is not None:
         try:

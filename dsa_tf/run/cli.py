@@ -3,7 +3,7 @@
 Commands:
     dsa-tf prune [--config=paper|quick] [--model=...] [--dataset=...] [--budget=...] --out=DIR
         Trains a model with DSA to the budget, strips, evaluates, exports and times it, and
-        writes the run directory (see :mod:`dsa_tf.pipeline`). Started again with the same
+        writes the run directory (see :mod:`dsa_tf.run.pipeline`). Started again with the same
         arguments, it resumes an interrupted run.
     dsa-tf report DIR
         Prints the before/after table of a finished run.
@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 from absl import app, flags, logging
 
-from dsa_tf.run_config import RunConfig, preset
+from dsa_tf.run.config import RunConfig, preset
 
 CONFIG = flags.DEFINE_enum("config", "paper", ["paper", "quick"],
                            "The schedule: the DSA paper's, or a CPU-sized quick one.")
@@ -74,19 +74,19 @@ def main(argv: Sequence[str]) -> int:
     if command == "prune":
         if arguments:
             raise app.UsageError(f"prune takes flags only, got {arguments}.")
-        from dsa_tf.pipeline import run_pruning
+        from dsa_tf.run.pipeline import run_pruning
 
         run_pruning(config_from_flags(), verbose=VERBOSE.value)
     elif command == "report":
         if len(arguments) != 1:
             raise app.UsageError("usage: dsa-tf report RUN_DIR")
-        from dsa_tf.run_report import load_report, summary_table
+        from dsa_tf.run.report import load_report, summary_table
 
         print(summary_table(load_report(arguments[0])))
     else:
         if not arguments:
             raise app.UsageError("usage: dsa-tf benchmark FILE.tflite [FILE.tflite ...]")
-        from dsa_tf.tflite_latency import compare_tflite_latency
+        from dsa_tf.deploy.timing import compare_tflite_latency
 
         for report in compare_tflite_latency(arguments, threads=THREADS.value,
                                              rounds=FLAGS.latency_runs):

@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sized
 from typing import Any
@@ -23,11 +22,13 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from dsa_tf import _keras, admm
-from dsa_tf.gates import FROZEN, OPEN, STOCHASTIC
-from dsa_tf.graph import analyze
-from dsa_tf.prune import gates_of, refresh_importance, resample_masks
-from dsa_tf.strip import gate_group
+from dsa_tf import _keras
+from dsa_tf.allocation import admm
+from dsa_tf.allocation.gated_model import gates_of, refresh_importance, resample_masks
+from dsa_tf.allocation.gated_strip import gate_order
+from dsa_tf.allocation.gates import FROZEN, OPEN, STOCHASTIC
+from dsa_tf.allocation.keep_gradients import keep_ratio_gradients, per_example_loss
+from dsa_tf.structure.graph import analyze
 
 PHASES = {OPEN: "warm-up", STOCHASTIC: "allocation", FROZEN: "fine-tuning"}
 
@@ -39,8 +40,9 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
 
     1. warm-up, for ``warmup_epochs`` epochs: plain training, gates open;
     2. allocation: before every weight step each gate draws one DSA Bernoulli mask for its
-       whole group (:func:`dsa_tf.prune.resample_masks`); every ``update_every`` weight steps, one
-       ADMM iteration (:func:`dsa_tf.admm.admm_iteration`): a Theta step on the next batch of
+       whole group (:func:`dsa_tf.allocation.gated_model.resample_masks`); every
+       ``update_every`` weight steps, one ADMM iteration
+       (:func:`dsa_tf.allocation.admm.admm_iteration`): a Theta step on the next batch of
        ``alpha_data`` (repeated as needed), 50 z steps, the dual update. The steepness beta2
        starts at 0.05 and grows 1.1x per epoch. Base importances are refreshed from the
        BatchNorm |gamma| (or filter L1 norms) before every weight step. The Theta gradient
@@ -50,9 +52,10 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
        are frozen and logged, and training goes on with fixed masks to the end of ``fit``.
 
     How long the allocation takes: the ADMM reaches budgets from 0.25 to 0.9 within 150
-    iterations in simulation (see :mod:`dsa_tf.admm`), so within ``150 * update_every`` weight
-    steps from the start of the allocation, i.e. ``150 * update_every / steps_per_epoch``
-    epochs (CIFAR-10, batch 128, 90% split, update_every=20: about 8.5 epochs).
+    iterations in simulation (see :mod:`dsa_tf.allocation.admm`), so within
+    ``150 * update_every`` weight steps from the start of the allocation, i.e.
+    ``150 * update_every / steps_per_epoch`` epochs (CIFAR-10, batch 128, 90% split,
+    update_every=20: about 8.5 epochs).
 
     The epoch logs (progress bar, History, CSVLogger) get ``dsa_phase`` (0 warm-up,
     1 allocation, 2 fine-tuning), ``dsa_beta2``, and per constraint ``dsa_<resource>_expected``
@@ -99,12 +102,12 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
             compiled loss (a single loss).
         beta2_init: initial steepness of the keep probabilities (paper: 0.05).
         beta2_growth: per-epoch growth factor of beta2 during allocation (paper: 1.1).
-        theta_learning_rate: Adam learning rate of Theta (see :mod:`dsa_tf.admm`).
+        theta_learning_rate: Adam learning rate of Theta (see :mod:`dsa_tf.allocation.admm`).
         rho1: budget penalty of the z steps. Default 1.0; the paper's 0.01 reaches high
-            budgets slowly or not at all (measurements in :mod:`dsa_tf.admm`).
+            budgets slowly or not at all (measurements in :mod:`dsa_tf.allocation.admm`).
         rho2: penalty of Theta == z (paper: 0.01).
         loss_scale: fixed scale of the loss gradient (paper: 1e5); default None adapts it to
-            the gradient's running RMS (see :mod:`dsa_tf.admm` for why).
+            the gradient's running RMS (see :mod:`dsa_tf.allocation.admm` for why).
         verbose: 1 prints a line at every phase change.
     """
 
@@ -364,93 +367,6 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
             print(f"DSA: {message}", flush=True)
 
 
-def keep_ratio_gradients(model: Any, loss_fn: Any, x: Any, y: Any) -> list[tf.Tensor]:
-    """dL/dTheta of every gate on one batch, through DSA's straight-through estimator.
-
-    The loss L is the batch mean of the per-example losses (:func:`per_example_loss`),
-    computed with the gates' current masks m; then dL/dp = dL/dm (straight through) is carried
-    to Theta by the implicit gradient of the keep probabilities p:
-    dL/dTheta = sum_i dL/dm_i * dp_i/da * a (1 - a).
-
-    Under a ``tf.distribute`` strategy (the model's ``distribute_strategy``) the batch is the
-    global batch, as the batches ``fit`` gets: replica r of R (counted over all workers) takes
-    its contiguous slice r of the batch and computes the gradient of its slice's mean loss
-    times the slice's share of the batch, and an all-reduce sums the replicas' gradients.
-    That is the gradient of the batch's mean loss (with BatchNorm statistics per replica, as
-    in the weight steps), and every replica of every worker gets the same values. Every
-    worker must iterate the same alpha data (same batches, same order), as every replica
-    slices the batch of its own worker. Without a strategy the single replica takes the whole
-    batch.
-
-    Raises:
-        ValueError: a batch with fewer examples than replicas (a replica would get none).
-    """
-    strategy = model.distribute_strategy
-    loss_fn = per_example_loss(loss_fn)
-    x, y = tf.nest.map_structure(tf.convert_to_tensor, (x, y))
-    size = tf.nest.flatten(x)[0].shape[0]
-    if size is not None and size < strategy.num_replicas_in_sync:
-        raise ValueError(f"An alpha_data batch of {size} examples cannot be split over "
-                         f"{strategy.num_replicas_in_sync} replicas; batch alpha_data with at "
-                         f"least one example per replica (drop_remainder=True).")
-    grads = strategy.run(_replica_keep_ratio_gradients, args=(model, loss_fn, x, y))
-    return [strategy.experimental_local_results(g)[0] for g in grads]
-
-
-def _replica_keep_ratio_gradients(model: Any, loss_fn: Any, x: Any, y: Any) -> list[tf.Tensor]:
-    """This replica's weighted share of :func:`keep_ratio_gradients`, all-reduced."""
-    context = tf.distribute.get_replica_context()
-    size = tf.shape(tf.nest.flatten(x)[0])[0]
-    replica, replicas = context.replica_id_in_sync_group, context.num_replicas_in_sync
-    start, stop = size * replica // replicas, size * (replica + 1) // replicas
-    x, y = tf.nest.map_structure(lambda t: t[start:stop], (x, y))
-    share = tf.cast(stop - start, tf.float32) / tf.cast(size, tf.float32)
-    gates = gates_of(model)
-    masks = [_keras.tf_variable(gate.mask) for gate in gates]
-    with tf.GradientTape() as tape:
-        tape.watch(masks)
-        loss = share * tf.reduce_mean(loss_fn(y, model(x, training=True)))
-    mask_grads = [tf.zeros_like(m) if g is None else g for g, m in
-                  zip(tape.gradient(loss, masks), masks)]
-    thetas = [_keras.tf_variable(gate.theta) for gate in gates]
-    with tf.GradientTape() as tape:
-        tape.watch(thetas)
-        probabilities = [gate.probabilities() for gate in gates]
-    grads = tape.gradient(probabilities, thetas, output_gradients=mask_grads)
-    grads = [tf.zeros([]) if g is None else g for g in grads]
-    return context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-
-
-def per_example_loss(loss: Any) -> Any:
-    """``loss`` giving per-example values, which :func:`keep_ratio_gradients` averages.
-
-    A Keras ``Loss`` object is shallow-copied with reduction "none" (tf_keras refuses a loss
-    that averages over the batch under a ``tf.distribute`` strategy, where each replica sees
-    only its slice); a loss function, which gives per-example values, is returned as it is.
-
-    Example:
-        >>> import tensorflow as tf
-        >>> loss = tf.keras.losses.MeanSquaredError()
-        >>> per_example_loss(loss)(tf.zeros([2, 1]), tf.ones([2, 1])).numpy().tolist()
-        [1.0, 1.0]
-    """
-    if getattr(loss, "reduction", None) in (None, "none"):
-        return loss
-    unreduced = copy.copy(loss)
-    unreduced.reduction = "none"
-    return unreduced
-
-
-def gate_order(plan: Any, gates: list) -> np.ndarray:
-    """For each gate, the index of its group in ``plan.prunable``."""
-    prunable = {plan.groups.index(g): k for k, g in enumerate(plan.prunable)}
-    order = {}
-    for fc in plan.calls:
-        if any(fc.op is gate for gate in gates) and fc.op.name not in order:
-            order[fc.op.name] = prunable[gate_group(plan, fc)[0]]
-    return np.array([order[gate.name] for gate in gates])
-
-
 def _shape(value: Any) -> tuple:
     """The shape of an array, tensor or nested list, as a tuple."""
     return tuple(value.shape) if hasattr(value, "shape") else np.shape(value)
@@ -473,36 +389,3 @@ def _steps_per_execution(model: Any) -> int:
     if value is None:
         return 1
     return int(value.numpy() if hasattr(value, "numpy") else value)
-
-
-def allocation_report(model: Any) -> list[dict]:
-    """Per gated group: name, channels, kept channels, keep ratio and share of the FLOPs.
-
-    ``kept`` is the hard configuration (what :func:`dsa_tf.strip` keeps); ``flops_share`` is
-    the group's part of the full model's FLOPs, counting each convolution between two groups
-    half to each.
-
-    Example:
-        >>> import dsa_tf
-        >>> gated = dsa_tf.prune_to_budget(dsa_tf.models.cifar_resnet(20), 0.5)
-        >>> row = dsa_tf.allocation_report(gated)[0]
-        >>> sorted(row)
-        ['channels', 'flops_share', 'group', 'keep_ratio', 'kept']
-    """
-    gates = gates_of(model)
-    if not gates:
-        raise ValueError(f"{model.name!r} has no ChannelGate; make it with "
-                         f"dsa_tf.prune_to_budget(model, budget).")
-    plan = analyze(model, gates[0].exclude)
-    ones = np.ones(len(plan.prunable))
-    flops = plan.flops
-    total = flops(ones)
-    # d F / d a_k at a = 1 splits every product term between its two groups.
-    share = ((flops.A + flops.A.T) @ ones / 2 + flops.b) / total
-    rows = []
-    for gate, k in zip(gates, gate_order(plan, gates)):
-        a = float(gate.keep_ratio())
-        kept = int(gate.hard_mask().numpy().sum())
-        rows.append({"group": gate.group, "channels": gate.channels, "kept": kept,
-                     "keep_ratio": a, "flops_share": float(share[k])})
-    return rows

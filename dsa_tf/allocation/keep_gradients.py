@@ -1,0 +1,98 @@
+"""The keep-ratio gradient of DSA: dL/dTheta of every gate on one batch, on any strategy.
+
+Example:
+    >>> import numpy as np, tensorflow as tf, dsa_tf
+    >>> from dsa_tf.allocation.keep_gradients import keep_ratio_gradients
+    >>> gated = dsa_tf.prune_to_budget(dsa_tf.models.cifar_resnet(8, input_shape=(8, 8, 3)), 0.5)
+    >>> loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    >>> x, y = np.random.rand(4, 8, 8, 3).astype("float32"), np.arange(4)
+    >>> len(keep_ratio_gradients(gated, loss, x, y)) == len(dsa_tf.keep_ratios(gated))
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import tensorflow as tf
+
+from dsa_tf import _keras
+from dsa_tf.allocation.gated_model import gates_of
+
+
+def keep_ratio_gradients(model: Any, loss_fn: Any, x: Any, y: Any) -> list[tf.Tensor]:
+    """dL/dTheta of every gate on one batch, through DSA's straight-through estimator.
+
+    The loss L is the batch mean of the per-example losses (:func:`per_example_loss`),
+    computed with the gates' current masks m; then dL/dp = dL/dm (straight through) is carried
+    to Theta by the implicit gradient of the keep probabilities p:
+    dL/dTheta = sum_i dL/dm_i * dp_i/da * a (1 - a).
+
+    Under a ``tf.distribute`` strategy (the model's ``distribute_strategy``) the batch is the
+    global batch, as the batches ``fit`` gets: replica r of R (counted over all workers) takes
+    its contiguous slice r of the batch and computes the gradient of its slice's mean loss
+    times the slice's share of the batch, and an all-reduce sums the replicas' gradients.
+    That is the gradient of the batch's mean loss (with BatchNorm statistics per replica, as
+    in the weight steps), and every replica of every worker gets the same values. Every
+    worker must iterate the same alpha data (same batches, same order), as every replica
+    slices the batch of its own worker. Without a strategy the single replica takes the whole
+    batch.
+
+    Raises:
+        ValueError: a batch with fewer examples than replicas (a replica would get none).
+    """
+    strategy = model.distribute_strategy
+    loss_fn = per_example_loss(loss_fn)
+    x, y = tf.nest.map_structure(tf.convert_to_tensor, (x, y))
+    size = tf.nest.flatten(x)[0].shape[0]
+    if size is not None and size < strategy.num_replicas_in_sync:
+        raise ValueError(f"An alpha_data batch of {size} examples cannot be split over "
+                         f"{strategy.num_replicas_in_sync} replicas; batch alpha_data with at "
+                         f"least one example per replica (drop_remainder=True).")
+    grads = strategy.run(_replica_keep_ratio_gradients, args=(model, loss_fn, x, y))
+    return [strategy.experimental_local_results(g)[0] for g in grads]
+
+
+def _replica_keep_ratio_gradients(model: Any, loss_fn: Any, x: Any, y: Any) -> list[tf.Tensor]:
+    """This replica's weighted share of :func:`keep_ratio_gradients`, all-reduced."""
+    context = tf.distribute.get_replica_context()
+    size = tf.shape(tf.nest.flatten(x)[0])[0]
+    replica, replicas = context.replica_id_in_sync_group, context.num_replicas_in_sync
+    start, stop = size * replica // replicas, size * (replica + 1) // replicas
+    x, y = tf.nest.map_structure(lambda t: t[start:stop], (x, y))
+    share = tf.cast(stop - start, tf.float32) / tf.cast(size, tf.float32)
+    gates = gates_of(model)
+    masks = [_keras.tf_variable(gate.mask) for gate in gates]
+    with tf.GradientTape() as tape:
+        tape.watch(masks)
+        loss = share * tf.reduce_mean(loss_fn(y, model(x, training=True)))
+    mask_grads = [tf.zeros_like(m) if g is None else g for g, m in
+                  zip(tape.gradient(loss, masks), masks)]
+    thetas = [_keras.tf_variable(gate.theta) for gate in gates]
+    with tf.GradientTape() as tape:
+        tape.watch(thetas)
+        probabilities = [gate.probabilities() for gate in gates]
+    grads = tape.gradient(probabilities, thetas, output_gradients=mask_grads)
+    grads = [tf.zeros([]) if g is None else g for g in grads]
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+
+
+def per_example_loss(loss: Any) -> Any:
+    """``loss`` giving per-example values, which :func:`keep_ratio_gradients` averages.
+
+    A Keras ``Loss`` object is shallow-copied with reduction "none" (tf_keras refuses a loss
+    that averages over the batch under a ``tf.distribute`` strategy, where each replica sees
+    only its slice); a loss function, which gives per-example values, is returned as it is.
+
+    Example:
+        >>> import tensorflow as tf
+        >>> loss = tf.keras.losses.MeanSquaredError()
+        >>> per_example_loss(loss)(tf.zeros([2, 1]), tf.ones([2, 1])).numpy().tolist()
+        [1.0, 1.0]
+    """
+    if getattr(loss, "reduction", None) in (None, "none"):
+        return loss
+    unreduced = copy.copy(loss)
+    unreduced.reduction = "none"
+    return unreduced
