@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import sys
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -91,6 +92,36 @@ class Call:
             args = tf.nest.map_structure(swap, self.node.call_args)
             kwargs = tf.nest.map_structure(swap, self.node.call_kwargs)
         return tf.nest.flatten(op(*args, **kwargs))
+
+
+def functional_model(keras: ModuleType, inputs: Any, outputs: Any, name: str,
+                     num_calls: int) -> Any:
+    """``keras.Model(inputs, outputs, name=name)`` for graphs of any depth.
+
+    Both Keras flavours map a new functional graph with a recursive walk, a few Python frames
+    per layer on the longest path, so a deep graph (EfficientNetV2L with a gate after each
+    BatchNorm: over 1,500 layers) exceeds Python's default recursion limit of 1,000. The
+    limit is raised for the call, to 1,000 frames plus 8 per call of the graph.
+
+    Args:
+        keras: the Keras module (``keras`` or ``tf_keras``).
+        inputs: the model's input Keras tensors (any structure).
+        outputs: its output Keras tensors (any structure).
+        name: the model's name.
+        num_calls: the number of layer calls in the graph (an upper bound on its depth).
+
+    Example:
+        >>> import tensorflow as tf
+        >>> x = tf.keras.Input((4,))
+        >>> functional_model(tf.keras, x, tf.keras.layers.Dense(2)(x), "m", 1).name
+        'm'
+    """
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(previous, 1000 + 8 * num_calls))
+    try:
+        return keras.Model(inputs, outputs, name=name)
+    finally:
+        sys.setrecursionlimit(previous)
 
 
 def graph_of(model: Any) -> Any:

@@ -95,3 +95,29 @@ def bare_ops(keras: Any) -> Any:
     z = (x + y) * 0.5
     z = layers.ReLU()(z + 3.0) / 6.0
     return keras.Model(inputs, layers.Conv2D(2, 1)(z), name="bare_ops")
+
+
+def grouped_depthwise(keras: Any) -> Any:
+    """ConvNeXt-style depthwise convolutions written as ``Conv2D(groups=channels)``, one with
+    two filters per channel, one without bias, inside a residual block."""
+    layers = keras.layers
+    inputs = keras.Input((10, 10, 3))
+    x = layers.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    y = layers.Conv2D(8, 7, padding="same", groups=8, name="dw")(x)
+    y = layers.BatchNormalization()(y)
+    y = layers.Conv2D(8, 1, activation="relu", name="pw")(y)
+    x = layers.Add()([x, y])
+    x = layers.Conv2D(16, 3, groups=8, use_bias=False, name="dw_x2")(x)
+    x = layers.Conv1D(12, 1, name="pw2")(layers.Reshape((64, 16))(x))
+    x = layers.Conv1D(12, 3, groups=12, padding="same", name="dw1d")(x)
+    x = layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, layers.Dense(3)(x), name="grouped_depthwise")
+
+
+def deep_chain(keras: Any, depth: int = 600) -> Any:
+    """``depth`` Dense layers in a row: gated, a graph deeper than Python's recursion limit."""
+    inputs = keras.Input((4,))
+    x = inputs
+    for _ in range(depth):
+        x = keras.layers.Dense(4, activation="relu")(x)
+    return keras.Model(inputs, keras.layers.Dense(2)(x), name="deep_chain")

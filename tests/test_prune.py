@@ -12,7 +12,7 @@ from dsa_tf.allocation.gates import STOCHASTIC, is_gate
 from dsa_tf.allocation.keep_gradients import keep_ratio_gradients
 
 from masking import randomize
-from small_models import multi_io, sequential, unet
+from small_models import deep_chain, multi_io, sequential, unet
 
 
 def _inputs(model, rng):
@@ -180,3 +180,13 @@ def test_round_to_raises_the_reachable_minimum_and_shapes_the_strip(keras):
     small = dsa_tf.strip(gated)
     widths = sorted({g.channels for g in dsa_tf.analyze(small).groups if g.prunable})
     assert widths == [8, 24]  # round(0.4 * (16, 32, 64)) = (6, 13, 26) -> (8, 8, 24)
+
+
+def test_gating_a_graph_deeper_than_the_recursion_limit(keras):
+    """Keras maps a functional graph recursively; a gated EfficientNetV2L (1,500+ calls) hit
+    RecursionError before strip.rebuild made room for it."""
+    model = deep_chain(keras)
+    gated = dsa_tf.prune_to_budget(model, 0.5)
+    dsa_tf.set_keep_ratios(gated, {name: 0.5 for name in dsa_tf.keep_ratios(gated)})
+    x = np.random.default_rng(0).normal(size=(2, 4)).astype("float32")
+    np.testing.assert_allclose(dsa_tf.strip(gated)(x), gated(x, training=False), atol=1e-6)

@@ -6,7 +6,15 @@ import pytest
 import dsa_tf
 
 from masking import check_strip, random_keep
-from small_models import bare_ops, conv1d, multi_io, nested_backbone, sequential, unet
+from small_models import (
+    bare_ops,
+    conv1d,
+    grouped_depthwise,
+    multi_io,
+    nested_backbone,
+    sequential,
+    unet,
+)
 
 
 @pytest.mark.parametrize("depth", [20, 56])
@@ -14,7 +22,8 @@ def test_cifar_resnet(keras, depth):
     check_strip(dsa_tf.models.cifar_resnet(depth, keras=keras), seed=depth)
 
 
-@pytest.mark.parametrize("build", [unet, conv1d, sequential, nested_backbone, multi_io, bare_ops])
+@pytest.mark.parametrize("build", [unet, conv1d, sequential, nested_backbone, multi_io, bare_ops,
+                                   grouped_depthwise])
 def test_small_models(keras, build):
     stripped = check_strip(build(keras))
     assert dsa_tf.count_flops(stripped) < dsa_tf.count_flops(build(keras))
@@ -73,3 +82,17 @@ def test_invalid_keep_is_refused(keras, keep, message):
 def test_strip_without_keep_explains_itself(keras):
     with pytest.raises(ValueError, match="needs keep="):
         dsa_tf.strip(dsa_tf.models.cifar_resnet(20, keras=keras))
+
+
+def test_depthwise_grouped_conv_passes_channels_and_resizes_groups(keras):
+    model = grouped_depthwise(keras)
+    plan = dsa_tf.analyze(model)
+    stem = plan.group("stem")
+    assert {"dw", "pw", "add", "dw_x2"} <= set(stem.layers)   # dw passes the stem's channels
+    assert stem.producers == ("stem", "pw")
+    assert not any(g.name in ("dw", "dw_x2", "dw1d") for g in plan.groups)
+    assert plan.group("pw2").prunable and "dw1d" in plan.group("pw2").layers
+    stripped = dsa_tf.strip(model, {"stem": [0, 2, 5], "pw2": range(5)})
+    assert (stripped.get_layer("dw").filters, stripped.get_layer("dw").groups) == (3, 3)
+    assert (stripped.get_layer("dw_x2").filters, stripped.get_layer("dw_x2").groups) == (6, 3)
+    assert (stripped.get_layer("dw1d").filters, stripped.get_layer("dw1d").groups) == (5, 5)

@@ -24,7 +24,14 @@ import numpy as np
 from dsa_tf import _keras
 from dsa_tf.structure.channels import ChannelMap
 from dsa_tf.structure.quadratic import Quadratic
-from dsa_tf.structure.rules import CallInfo, Rule, Unsupported, is_mask_layer, rule_for
+from dsa_tf.structure.rules import (
+    CallInfo,
+    Depthwise,
+    Rule,
+    Unsupported,
+    is_mask_layer,
+    rule_for,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -390,6 +397,8 @@ def _walk_call(walk: _Walk, call: _keras.Call, name: str, map_of: Any,
 def _couple_shared_inputs(walk: _Walk, op: Any, rule: Rule, info: CallInfo) -> None:
     """A layer called several times slices its weights once: its inputs must match."""
     roles = {role for axes in rule.weight_axes(op).values() for role in axes}
+    if isinstance(rule, Depthwise):
+        roles.add("in")  # its output channels are its input channels
     if not info.in_maps or not roles & {"in", "mid"}:
         return
     first = walk.first_in_map.setdefault(id(op), info.in_maps[0])

@@ -118,10 +118,15 @@ class Through(Rule):
     """Channel-wise layers with per-channel weights or none (BatchNormalization, pooling...)."""
 
     def __init__(self, zero_preserving: bool = True, axis_attr: str | None = None,
-                 weights: Sequence[str] = ()):
+                 weights: Sequence[str] = (), size_key: str | None = None):
         self.zero_preserving = zero_preserving
         self.axis_attr = axis_attr
         self.weights = tuple(weights)
+        self.size_key = size_key
+
+    def resized_config(self, config: dict, out_channels: int) -> dict:
+        """Sets ``size_key`` (a per-channel weight's length, e.g. LayerScale's projection_dim)."""
+        return {**config, self.size_key: out_channels} if self.size_key else config
 
     def check(self, op: Any, info: CallInfo) -> None:
         super().check(op, info)
@@ -213,11 +218,6 @@ class Create(Rule):
         self._flops = flops
         self.transpose = transpose
 
-    def check(self, op: Any, info: CallInfo) -> None:
-        super().check(op, info)
-        if getattr(op, "groups", 1) != 1:
-            raise Unsupported(f"grouped convolution (groups={op.groups})")
-
     def propagate(self, op: Any, info: CallInfo, ctx: Any) -> list[ChannelMap]:
         return [ctx.new_space(op, info.out_shapes[0][-1])]
 
@@ -262,6 +262,39 @@ class Depthwise(Rule):
 
     def preserves_zero(self, op: Any, info: CallInfo) -> bool:
         return not op.use_bias
+
+
+class ChannelwiseConv(Depthwise):
+    """Conv1D/2D/3D with ``groups`` equal to its input channels (ConvNeXt's depthwise conv).
+
+    Every input channel has its own ``filters // groups`` filters, output channel j reading
+    input channel j // (filters // groups): a DepthwiseConv with that depth multiplier, the
+    kernel of shape (*kernel_size, 1, filters) sliced along its output axis. Pruning keeps
+    ``groups`` equal to the kept input channels. A general grouped convolution (1 < groups <
+    input channels) mixes the channels of a group and is refused.
+    """
+
+    def check(self, op: Any, info: CallInfo) -> None:
+        _require_channels_last(op)
+        in_channels = info.in_shapes[0][-1]
+        if op.groups != in_channels:
+            raise Unsupported(
+                f"grouped convolution with groups={op.groups} over {in_channels} input channels "
+                f"(only groups == input channels, a depthwise convolution, is supported)")
+
+    def propagate(self, op: Any, info: CallInfo, ctx: Any) -> list[ChannelMap]:
+        return [info.in_maps[0].repeat(op.filters // op.groups)]
+
+    def weight_axes(self, op: Any) -> dict[str, tuple]:
+        return {"kernel": (None, "out"), "bias": ("out",)}
+
+    def resized_config(self, config: dict, out_channels: int) -> dict:
+        multiplier = config["filters"] // config["groups"]
+        return {**config, "filters": out_channels, "groups": out_channels // multiplier}
+
+    def flops(self, op: Any, info: CallInfo, n_in: Any, n_out: Any) -> Any:
+        per_group = info.in_shapes[0][-1] // op.groups
+        return 2 * math.prod(op.kernel_size) * _spatial(info.out_shapes[0]) * per_group * n_out
 
 
 class Separable(Create):
@@ -384,6 +417,10 @@ RULES: dict[str, Rule] = {
     "LeakyReLU": Activation(fixed_name="leaky_relu"),
     "ELU": Activation(fixed_name="elu"),
     "PReLU": Through(weights=("alpha",)),
+    # keras.applications' own layers (ConvNeXt, InceptionResNetV2).
+    "LayerScale": Through(weights=("gamma",), size_key="projection_dim"),
+    "StochasticDepth": PASS,
+    "CustomScaleLayer": Merge(),
     **{name: PASS for name in (
         "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
         "GaussianDropout", "AlphaDropout", "Identity", "ActivityRegularization",
@@ -399,6 +436,10 @@ RULES: dict[str, Rule] = {
     "Reshape": Reshape(),
     "Permute": Reshape(),
 }
+
+# Convolutions with groups > 1, by class name (see ChannelwiseConv).
+GROUPED_RULES: dict[str, Rule] = {name: ChannelwiseConv() for name in ("Conv1D", "Conv2D",
+                                                                        "Conv3D")}
 
 # Keras 3 bare operations (``x + y``, ``keras.ops.relu(x)``...), by class name.
 KERAS3_OPS: dict[str, Rule] = {
@@ -458,4 +499,6 @@ def rule_for(op: Any) -> Rule | None:
         return TF_OP_SYMBOLS.get(getattr(op, "symbol", ""))
     if cls.__module__.startswith("keras.src.ops."):
         return KERAS3_OPS.get(cls.__name__)
+    if getattr(op, "groups", 1) != 1 and cls.__name__ in GROUPED_RULES:
+        return GROUPED_RULES[cls.__name__]
     return RULES.get(cls.__name__)

@@ -135,7 +135,10 @@ def rebuild(plan: ChannelPlan, masks: dict[int, np.ndarray],
 
     inputs = tf.nest.map_structure(lookup, _keras.input_structure(model))
     outputs = tf.nest.map_structure(lookup, _keras.output_structure(model))
-    stripped = keras.Model(inputs, outputs, name=model.name)
+    # after_call may add a call per channel space of each output (prune_to_budget's gates).
+    num_calls = len(plan.calls) + sum(len(np.unique(m.spaces)) for fc in plan.calls
+                                      for m in fc.out_maps if m is not None)
+    stripped = _keras.functional_model(keras, inputs, outputs, model.name, num_calls)
     for fc, new_op in slices:
         if getattr(fc.op, "weights", None):
             new_op.set_weights(_sliced_weights(fc, plan, masks))
