@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-keras3 test-tf-keras lint demo clean
+.PHONY: install test test-keras3 test-tf-keras zoo lint demo clean
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test-tf-keras: install
 	TF_USE_LEGACY_KERAS=1 $(BIN)/pytest -q -p no:cacheprovider
 
 test: lint test-keras3 test-tf-keras
+
+# Every keras.applications model under both Keras flavours (make test runs one per family).
+zoo: install
+	$(BIN)/pytest -q -p no:cacheprovider -m zoo tests/test_zoo.py
+	TF_USE_LEGACY_KERAS=1 $(BIN)/pytest -q -p no:cacheprovider -m zoo tests/test_zoo.py
 
 # The main job: DSA's quick schedule, a CIFAR ResNet pruned to 50% of its FLOPs on CIFAR-10
 # (from $$TFDS_DATA_DIR, else ../shared/tensorflow_datasets when present, else tfds' default).

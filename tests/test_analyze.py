@@ -121,3 +121,22 @@ def test_subclassed_model_is_refused(keras):
     net(tf.zeros((1, 8, 8, 3)))
     with pytest.raises(ValueError, match="subclassed"):
         dsa_tf.analyze(net)
+
+
+def test_adding_a_concatenation_to_one_layer_keeps_both_whole(keras):
+    """InceptionResNetV2 and NASNet add a concatenation to a single layer's channels: the
+    positions cannot share one selection, so those groups stay whole (they used to raise)."""
+    from masking import check_strip
+
+    layers = keras.layers
+    inputs = keras.Input((8, 8, 3))
+    concat = layers.Concatenate()([layers.Conv2D(4, 1, name="a")(inputs),
+                                   layers.Conv2D(4, 1, name="b")(inputs)])
+    x = layers.Add(name="merge")([concat, layers.Conv2D(8, 1, name="c")(inputs)])
+    x = layers.Conv2D(6, 3, name="d")(x)
+    model = keras.Model(inputs, layers.Conv2D(2, 1)(x))
+    plan = dsa_tf.analyze(model)
+    for name in "abc":
+        assert "merge: merges differently composed channels" in plan.group(name).reason
+    assert [g.name for g in plan.prunable] == ["d"]
+    check_strip(model)

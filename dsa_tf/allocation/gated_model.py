@@ -24,7 +24,7 @@ def _layer_importance(layer: Any) -> tf.Tensor:
     kind = type(layer).__name__
     if kind == "BatchNormalization":
         if layer.gamma is None:
-            return tf.ones(layer.beta.shape)
+            return tf.ones(layer.beta.shape, dtype=layer.beta.dtype)
         return tf.abs(tf.convert_to_tensor(layer.gamma))
     kernel = layer.pointwise_kernel if kind.startswith("Separable") else layer.kernel
     kernel = tf.abs(tf.convert_to_tensor(kernel))

@@ -109,14 +109,24 @@ class _Walk:
         return space
 
     def couple(self, maps: list[ChannelMap], op: Any) -> None:
-        """Joins position by position the spaces of maps that must hold the same channels."""
+        """Joins position by position the spaces of maps that must hold the same channels.
+
+        Maps composed differently (a concatenation added to one layer's channels, as in
+        InceptionResNetV2 and NASNet) cannot share a channel selection: their spaces are
+        kept whole instead (not prunable, with the reason).
+        """
         first = maps[0]
         for other in maps[1:]:
-            if len(other) != len(first) or not np.array_equal(other.index, first.index):
-                raise Unsupported("its inputs combine channels of differently shaped groups")
-            for a, b in set(zip(first.spaces.tolist(), other.spaces.tolist())):
-                if self.space_size[a] != self.space_size[b]:
-                    raise Unsupported("its inputs combine channel groups of different sizes")
+            if len(other) != len(first):
+                raise Unsupported("its inputs have different channel counts")
+            pairs = set(zip(first.spaces.tolist(), other.spaces.tolist()))
+            if not np.array_equal(other.index, first.index) or any(
+                    self.space_size[a] != self.space_size[b] for a, b in pairs):
+                reason = f"{op.name}: merges differently composed channels (a concatenation)"
+                self.fix(first, reason)
+                self.fix(other, reason)
+                continue
+            for a, b in pairs:
                 ra, rb = self.root(a), self.root(b)
                 if ra != rb:
                     self.parent[max(ra, rb)] = min(ra, rb)
