@@ -70,12 +70,27 @@ def build(keras: Any, name: str) -> Any:
                                              classifier_activation=None)
 
 
+def calm(model: Any, factor: float = 0.25) -> None:
+    """Scales every BatchNorm's gamma by ``factor``.
+
+    A deep network with random weights and BatchNorm statistics amplifies its rounding
+    errors block after block: in EfficientNetV2M/L (float64) the strip-vs-gated difference
+    grows geometrically from 1e-12 at block 5 to 4e-4 (M) and 0.5 (L) of the output, each
+    squeeze-and-excitation sigmoid multiplying it (measured layer by layer; no layer jumps).
+    Smaller gammas keep the activations from growing; the shifts that test the masking stay.
+    """
+    for layer in model.layers:
+        if type(layer).__name__ == "BatchNormalization" and layer.gamma is not None:
+            layer.gamma.assign(layer.gamma * factor)
+
+
 def check_gated_strip(model: Any, seed: int) -> int:
     """Gates ``model``, sets random keep ratios in [0.15, 0.9], and checks that the strip
     equals the gated model's inference and costs what the plan predicts. Returns the
     number of prunable groups."""
     rng = np.random.default_rng(seed)
     randomize(model, rng)
+    calm(model)
     plan = dsa_tf.analyze(model)
     gated = dsa_tf.prune_to_budget(model, 1.0)
     dsa_tf.set_keep_ratios(gated, {name: float(rng.uniform(0.15, 0.9))
@@ -101,8 +116,9 @@ def check_application(keras: Any, name: str) -> None:
     float64, because with random BatchNorm statistics these deep networks are badly
     conditioned in float32: EfficientNetV2S's activations reach 1e6, and the sigmoid of its
     squeeze-and-excitation blocks turns summation-order rounding into strip-vs-gated
-    differences of up to 2e-4 of the output (0.8 in rare draws), while the same check in
-    float64 agrees to 5e-14. float64 keeps the 1e-5 tolerance a test of the structure.
+    differences of up to 2e-4 of the output over 15 seeded draws (0.009 and 0.02 in two
+    unseeded ones; issue 15 saw 0.8), while the same check in float64 agrees to 5e-14 in
+    both Keras flavours. float64 keeps the 1e-5 tolerance a test of the structure.
     """
     keras.utils.set_random_seed(len(name))
     floatx = keras.backend.floatx()
