@@ -15,12 +15,13 @@ Example:
 """
 
 from dsa_tf import models
+from dsa_tf.allocation.batch_norm import reestimate_batchnorm
 from dsa_tf.allocation.callback import DSACallback
 from dsa_tf.allocation.gated_model import keep_ratios, set_keep_ratios
 from dsa_tf.allocation.gated_strip import strip
 from dsa_tf.allocation.gates import gate_class
 from dsa_tf.allocation.prune import prune_to_budget
-from dsa_tf.allocation.report import allocation_report
+from dsa_tf.allocation.report import allocation_report, budget_status
 from dsa_tf.deploy.export import ExportReport, export_tflite
 from dsa_tf.deploy.qat import quantize_aware
 from dsa_tf.deploy.timing import LatencyReport, benchmark_tflite, compare_tflite_latency
@@ -46,6 +47,7 @@ __all__ = [
     "allocation_report",
     "analyze",
     "benchmark_tflite",
+    "budget_status",
     "compare_tflite_latency",
     "count_flops",
     "count_params",
@@ -57,6 +59,7 @@ __all__ = [
     "preset",
     "prune_to_budget",
     "quantize_aware",
+    "reestimate_batchnorm",
     "run_pruning",
     "set_keep_ratios",
     "strip",

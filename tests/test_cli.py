@@ -86,6 +86,11 @@ def test_run_directory_holds_a_consistent_report(run_dir, keras):
             assert check["samples"] > 0 and max(check["errors"].values()) <= check["tolerance"]
             assert tflite["latency"]["median_ms"] > 0
     assert set(report["timings_s"]) >= {"data", "training", "export", "latency"}
+    status = report["budget_status"]
+    assert status["met"] and status["frozen_by"] in ("allocation", "completion")
+    assert status["hard"]["flops"] == pytest.approx(stripped["flops_ratio"])
+    assert status["epoch"] == 1 + min(int(row["epoch"]) for row in report["history"]
+                                      if row["dsa_phase"] == 2)
     with open(os.path.join(out, "allocation.png"), "rb") as file:
         assert file.read(8) == b"\x89PNG\r\n\x1a\n"
     with open(os.path.join(out, "config.json")) as file:
@@ -99,6 +104,7 @@ def test_report_command_and_a_changed_setting(run_dir):
     assert shown.returncode == 0, shown.stderr[-2000:]
     flops = load_report(out)["stripped"]["flops"]
     assert f"{flops:,}" in shown.stdout and "test accuracy" in shown.stdout
+    assert "budget met by the allocation" in shown.stdout or "budget NOT met" in shown.stdout
     changed = subprocess.run(
         dsa_tf_command("prune", *ARGS, "--budget=0.5", f"--data_dir={data_dir}", f"--out={out}"),
         capture_output=True, text=True, timeout=120)
@@ -115,7 +121,7 @@ def test_presets_and_model_names(keras, tmp_path):
     with pytest.raises(ValueError, match="Unknown run settings"):
         preset("quick", budgte=0.5)
     with pytest.raises(ValueError, match="must exceed warmup_epochs"):
-        preset("quick", epochs=1)
+        preset("quick", epochs=2, warmup_epochs=2)
     config = preset("quick")
     assert build_model(config, (8, 8, 1), 3, keras).output_shape == (None, 3)
     with pytest.raises(ValueError, match="Unknown model 'resnet7x'"):

@@ -18,6 +18,8 @@ import tensorflow as tf
 
 from dsa_tf.allocation.gates import is_gate
 
+KEEP_ALL_MARGIN = 1e-7
+
 
 def _layer_importance(layer: Any) -> tf.Tensor:
     """|gamma| of a BatchNorm, or the L1 norm of each output filter of a conv / Dense."""
@@ -77,16 +79,27 @@ def keep_ratios(model: Any) -> dict[str, float]:
 
 
 def set_keep_ratios(model: Any, ratios: Mapping[str, float]) -> None:
-    """Sets the keep ratio of the named groups (0 < ratio < 1; theta = logit(ratio)).
+    """Sets the keep ratio of the named groups (0 < ratio <= 1; theta = logit(ratio)).
+
+    A ratio of 1 keeps every channel of the group (theta is set to logit(1 - 1e-7), which
+    keeps all channels of any group of fewer than 5 million).
 
     Raises:
-        ValueError: an unknown group name or a ratio outside (0, 1).
+        ValueError: an unknown group name or a ratio outside (0, 1].
+
+    Example:
+        >>> import dsa_tf
+        >>> gated = dsa_tf.prune_to_budget(dsa_tf.models.cifar_resnet(20), budget=0.5)
+        >>> dsa_tf.set_keep_ratios(gated, {"stem_conv": 1.0})
+        >>> [r["kept"] for r in dsa_tf.allocation_report(gated)][:1]
+        [16]
     """
     gates = {gate.group: gate for gate in gates_of(model)}
     for name, ratio in ratios.items():
         if name not in gates:
             raise ValueError(f"No gated group {name!r}; gated groups are {sorted(gates)}.")
-        if not 0 < float(ratio) < 1:
-            raise ValueError(f"Keep ratio of {name!r} must be in (0, 1), got {ratio}.")
+        if not 0 < float(ratio) <= 1:
+            raise ValueError(f"Keep ratio of {name!r} must be in (0, 1], got {ratio}.")
     for name, ratio in ratios.items():
+        ratio = min(float(ratio), 1 - KEEP_ALL_MARGIN)
         gates[name].theta.assign(math.log(ratio / (1 - ratio)))

@@ -37,7 +37,7 @@ from dsa_tf.allocation.callback import DSACallback
 from dsa_tf.allocation.gated_model import gates_of
 from dsa_tf.allocation.gated_strip import strip
 from dsa_tf.allocation.prune import prune_to_budget
-from dsa_tf.allocation.report import allocation_report
+from dsa_tf.allocation.report import allocation_report, budget_status
 from dsa_tf.deploy.export import export_tflite
 from dsa_tf.deploy.timing import compare_tflite_latency
 from dsa_tf.deploy.verify import ExportVerificationError
@@ -113,6 +113,10 @@ def run_pruning(config: RunConfig, *, callbacks: Sequence[Any] = (), verbose: in
         small.save(os.path.join(out, "stripped.keras"))
         report["allocation"] = allocation_report(gated)
         report["admm_iterations"] = int(gates_of(gated)[0].admm_step.numpy())
+        report["budget_status"] = budget_status(gated)
+        frozen = [int(row["epoch"]) + 1 for row in report["history"]
+                  if row.get("dsa_phase") == 2]
+        report["budget_status"]["epoch"] = min(frozen) if frozen else None
         report["stripped"] = {
             "flops": count_flops(small), "params": count_params(small),
             "strip_max_abs_difference": parity}
