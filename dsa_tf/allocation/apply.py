@@ -45,7 +45,8 @@ def apply_allocation(gated: Any, keep: Mapping[str, Iterable[int]]) -> None:
         keep: ``{group_name: kept channel indices}``, as :func:`dsa_tf.strip` takes it and
             the baseline allocators return it. A gated group that ``keep`` does not list
             keeps all its channels (as in :func:`dsa_tf.strip`), so ``strip(gated)`` equals
-            ``strip(model, keep)`` of the model that was gated.
+            ``strip(model, keep)`` of the model that was gated. The budget recorded in the
+            gates is not checked: the allocation decides what is kept.
 
     Raises:
         ValueError: a model without ChannelGate; a group ``keep`` names that the model does

@@ -10,7 +10,7 @@ Example:
     >>> import dsa_tf
     >>> plan = dsa_tf.analyze(dsa_tf.models.cifar_resnet(20))
     >>> importance = channel_importance(plan)
-    >>> importance["stem_conv"].shape   # |gamma| of the stage's 7 BatchNorms, summed
+    >>> importance["stem_conv"].shape   # |gamma| of the stage's 4 BatchNorms, summed
     (16,)
 """
 

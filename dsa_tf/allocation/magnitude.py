@@ -7,10 +7,12 @@ keeps; Torch-Pruning's ``MagnitudeImportance`` / ``BNScaleImportance`` with
 ``global_pruning=True`` (Fang et al., CVPR 2023) does the same on coupled groups. Here a
 channel's importance is summed over its group's members: the |gamma| of every BatchNorm
 carrying only that group, or, for a group without BatchNorm, the L2 norms of its producers'
-filters (:mod:`dsa_tf.allocation.importance`). Importances are divided by their group's mean
-(Torch-Pruning's "mean" normaliser: |gamma| of a residual stage's seven BatchNorms and a single
-conv's filter norms compare as "above or below the group's average"), and the global
-threshold rises until the budget holds (:mod:`dsa_tf.allocation.global_threshold`).
+filters (:mod:`dsa_tf.allocation.importance`). Network slimming thresholds raw scales, which
+its L1 penalty on gamma makes comparable; for a model trained without it, importances are
+divided here by their group's mean (Torch-Pruning's "mean" normaliser), so that the summed
+|gamma| of a residual stage's several BatchNorms and a single conv's filter norms compare as
+"above or below the group's average". The global threshold then rises until the budget holds
+(:mod:`dsa_tf.allocation.global_threshold`).
 
 Example:
     >>> import dsa_tf

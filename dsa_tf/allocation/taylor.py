@@ -8,8 +8,11 @@ with respect to the gate): removing channel i of activation a changes the loss b
 |sum over positions of a_i * dL/da_i|. That sum is exactly dL/dm_i for a mask m = 1
 multiplying the channel, so this module computes it with the ChannelGates of
 :func:`dsa_tf.prune_to_budget`: one mask per group, applied at every point of the group where
-a dropped channel could become non-zero again, which sums the term over the group's members
-(every layer output carrying its channels). Per batch of ``data`` it takes the gradient of
+a dropped channel could become non-zero again (after each of its BatchNorms, biases and
+shifting activations; where DSA's masks act), which sums the term over those members of the
+group. Layer outputs that keep a zero channel zero (a ReLU after a gated BatchNorm, a conv
+output read only by its BatchNorm) carry no gate: for a ReLU the term would repeat the gated
+input's exactly. Per batch of ``data`` it takes the gradient of
 the batch's mean loss, in inference mode (BatchNorm moving statistics, no dropout: the network
 as it would be deployed), and sums |dL/dm_i| over ``batches`` batches. The scores are then
 normalised per group and pruned with one global threshold, as in

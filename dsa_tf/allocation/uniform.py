@@ -1,12 +1,13 @@
 """uniform_allocation: every prunable group keeps the same share of its channels.
 
-The baseline most pruning papers compare against (e.g. the "uniform" rows of AMC, He et al.
-2018, and of DSA's own ablations): one keep ratio a for all groups, the largest that meets the
-budget. Counts follow the gates' rounding rule (k = round(a C), a multiple of ``round_to`` or
-C, at least ``min_channels``; :func:`dsa_tf.allocation.keep_process.kept_count`), and a is
-found by bisection at those integer counts, so the budget holds exactly. Each group keeps its
-most important channels, ranked as DSA's gates rank them (|gamma| of its BatchNorms, else
-the L1 norms of its producers' filters).
+The width multiplier of MobileNets (Howard et al., 2017) and the "uniform" baseline that
+allocation methods such as AMC (He et al., ECCV 2018) compare against: one keep ratio a for
+all groups, the largest that meets the budget. Counts follow the gates' rounding rule
+(k = round(a C), a multiple of ``round_to`` or C, at least ``min_channels``;
+:func:`dsa_tf.allocation.keep_process.kept_count`), and a is found by bisection at those
+integer counts, so the budget holds exactly. Each group keeps its most important channels,
+ranked as DSA's gates rank them (|gamma| of its BatchNorms, else the L1 norms of its
+producers' filters).
 
 Example:
     >>> import dsa_tf
