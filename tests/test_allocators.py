@@ -116,6 +116,16 @@ def test_uniform_keeps_nearly_equal_ratios(keras):
         assert low <= high, ratios
 
 
+def test_magnitude_spreads_tied_importances_evenly(keras):
+    """A fresh model's gammas are all 1: every channel ties, and removal alternates between
+    groups instead of emptying the first ones."""
+    model = _net(keras)
+    plan = dsa_tf.analyze(model)
+    ratios = plan.keep_ratios(dsa_tf.magnitude_allocation(model, 0.5))
+    spread = max(1 / g.channels for g in plan.prunable)
+    assert ratios.max() - ratios.min() <= spread, ratios
+
+
 def _set_gammas(model, rng):
     """Distinct |gamma| of random sign in every BatchNorm; returns each group's sum of
     |gamma| over its BatchNorms (the importance the allocators should rank by)."""

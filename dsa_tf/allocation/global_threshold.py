@@ -11,7 +11,10 @@ A group never goes below ``min_channels`` (rounded up to a multiple of ``round_t
 ``round_to`` it loses channels in steps that keep its count a multiple of ``round_to`` (the
 first step from a width that is not a multiple goes to the multiple below), and a step's
 score is the highest score it removes, so a threshold t removes, in each group, the most
-channels a legal step allows among those scoring at most t.
+channels a legal step allows among those scoring at most t. Steps of equal score (the equal
+|gamma| of an untrained model) go first in the group that has lost the smallest share of its
+channels, so that fully tied scores give a near-uniform allocation rather than emptying the
+first groups.
 
 Example:
     >>> import numpy as np, dsa_tf
@@ -62,15 +65,17 @@ def removal_counts(plan: ChannelPlan, fractions: Mapping[str, float],
     until the budget holds: the fewest steps of the global order that meet it (bisection
     over the number of steps; fewer channels never cost more)."""
     channels = np.array([g.channels for g in plan.prunable])
-    step_scores, step_groups, step_counts = [], [], []
+    step_scores, step_shares, step_groups, step_counts = [], [], [], []
     for k, (group, fewest) in enumerate(zip(plan.prunable, fewest_counts(plan, min_channels,
                                                                           round_to))):
         ascending = np.sort(scores[group.name])
         for count in range((group.channels - 1) // round_to * round_to, fewest - 1, -round_to):
             step_scores.append(ascending[group.channels - count - 1])
+            step_shares.append(1 - count / group.channels)  # removed after the step
             step_groups.append(k)
             step_counts.append(count)
-    order = np.argsort(np.array(step_scores, dtype=np.float64), kind="stable")
+    order = np.lexsort((np.array(step_shares, dtype=np.float64),
+                        np.array(step_scores, dtype=np.float64)))
     groups = np.array(step_groups, dtype=np.int64)[order]
     counts = np.array(step_counts, dtype=np.int64)[order]
 
