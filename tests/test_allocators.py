@@ -11,7 +11,7 @@ from dsa_tf.allocation.gated_model import gates_of
 from dsa_tf.allocation.gates import FROZEN
 
 from masking import randomize
-from small_models import multi_io, sequential, unet
+from small_models import multi_io, nested_backbone, sequential, unet
 
 # Group -> the BatchNorms carrying it, by construction of _net.
 BATCH_NORMS = {"stem": ["stem_bn", "block2_bn"], "block1": ["block1_bn"], "side": ["side_bn"],
@@ -194,7 +194,7 @@ def test_taylor_keeps_the_channels_the_loss_depends_on(keras):
 
 
 def test_other_model_kinds(keras):
-    for build in (unet, sequential, multi_io):
+    for build in (unet, sequential, multi_io, nested_backbone):
         model = build(keras)
         for allocator in ("uniform", "magnitude"):
             keep = _allocate(keras, allocator, model, 0.5)
@@ -238,6 +238,20 @@ def test_apply_allocation_freezes_the_gates_and_strips_like_the_plain_model(kera
     assert [w.shape for w in tuned.weights] == [w.shape for w in from_model.weights]
 
 
+def test_apply_allocation_to_a_nested_model(keras):
+    """The gated copy of a nested model is flat (its groups renamed); the keep dict of the
+    original still applies."""
+    model = nested_backbone(keras)
+    randomize(model, np.random.default_rng(4))
+    keep = dsa_tf.uniform_allocation(model, 0.5)
+    assert "backbone/stem" in keep
+    gated = dsa_tf.prune_to_budget(model, 0.5)
+    dsa_tf.apply_allocation(gated, keep)
+    x = _inputs(model)
+    np.testing.assert_allclose(dsa_tf.strip(gated)(x), dsa_tf.strip(model, keep)(x),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_apply_allocation_refuses_bad_keep_and_changes_nothing(keras):
     model = _net(keras)
     with pytest.raises(ValueError, match="no ChannelGate.*dsa_tf.strip\\(model, keep\\)"):
@@ -245,7 +259,7 @@ def test_apply_allocation_refuses_bad_keep_and_changes_nothing(keras):
     gated = dsa_tf.prune_to_budget(model, 0.5, round_to=4)
     before = [v.numpy().copy() for gate in gates_of(gated) for v in gate.weights]
     for keep, message in [
-        ({"nope": range(4)}, "No channel group 'nope'"),
+        ({"nope": range(4)}, r"No gated group 'nope'; gated groups are \['block1', 'down'"),
         ({"stem": [0, 12]}, r"outside \[0, 12\)"),
         ({"stem": [1, 1]}, "repeats"),
         ({"stem": []}, "empty"),

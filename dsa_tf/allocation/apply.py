@@ -29,9 +29,10 @@ from typing import Any
 import numpy as np
 
 from dsa_tf.allocation.gated_model import gates_of
-from dsa_tf.allocation.gates import FROZEN
+from dsa_tf.allocation.gated_strip import gate_group
+from dsa_tf.allocation.gates import FROZEN, is_gate
 from dsa_tf.allocation.keep_process import kept_count
-from dsa_tf.structure.graph import analyze
+from dsa_tf.structure.graph import ChannelPlan, analyze
 from dsa_tf.structure.strip import space_masks
 
 WHOLE_RATIO = 1 - 1e-6  # the keep ratio of a group that keeps every channel
@@ -49,9 +50,9 @@ def apply_allocation(gated: Any, keep: Mapping[str, Iterable[int]]) -> None:
             gates is not checked: the allocation decides what is kept.
 
     Raises:
-        ValueError: a model without ChannelGate; a group ``keep`` names that the model does
-            not have, or that is not prunable in it (e.g. excluded when it was gated) unless
-            kept whole; indices outside the group, repeated or none; or a kept count the gate
+        ValueError: a model without ChannelGate; a group ``keep`` names that has no gate
+            (unknown, or not prunable when the model was gated, e.g. excluded); indices
+            outside the group, repeated or none; or a kept count the gate
             cannot hold (not a multiple of the gate's ``round_to`` or all channels, or below
             its ``min_channels``: make the allocation with the settings of the gated model).
             Nothing is changed when it raises.
@@ -69,8 +70,15 @@ def apply_allocation(gated: Any, keep: Mapping[str, Iterable[int]]) -> None:
         raise ValueError(f"{gated.name!r} has no ChannelGate; make the gated model with "
                          f"dsa_tf.prune_to_budget(model, budget), or strip the plain model "
                          f"directly with dsa_tf.strip(model, keep).")
+    unknown = sorted(set(keep) - {gate.group for gate in gates})
+    if unknown:
+        raise ValueError(f"No gated group {unknown[0]!r}; gated groups are "
+                         f"{sorted(gate.group for gate in gates)} (make the allocation with the "
+                         f"exclude the model was gated with).")
     keep = {name: np.asarray(list(indices), dtype=np.int64) for name, indices in keep.items()}
-    space_masks(analyze(gated, gates[0].exclude), keep)  # validates names and indices
+    plan = analyze(gated, gates[0].exclude)
+    names = _plan_names(plan)  # a nested model's groups are renamed in its flat gated copy
+    space_masks(plan, {names[name]: indices for name, indices in keep.items()})
     masks = {}
     for gate in gates:
         kept = np.zeros(gate.channels, dtype=np.float32)
@@ -90,3 +98,9 @@ def apply_allocation(gated: Any, keep: Mapping[str, Iterable[int]]) -> None:
         gate.mask.assign(masks[gate.group])
         gate.theta.assign(math.log(ratio / (1 - ratio)))
         gate.mode.assign(FROZEN)
+
+
+def _plan_names(plan: ChannelPlan) -> dict[str, str]:
+    """The name, in the gated model's own plan, of each gate's group."""
+    return {fc.op.group: plan.groups[gate_group(plan, fc)[0]].name
+            for fc in plan.calls if is_gate(fc.op)}
