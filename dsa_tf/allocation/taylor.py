@@ -88,26 +88,19 @@ def taylor_allocation(model: Any, budget: float | Mapping[str, float], data: Ite
     """
     plan, fractions = validated_budget(model, budget, resource, min_channels, round_to, exclude)
     loss_fn = _loss_function(model, loss)
-    if isinstance(batches, bool) or not isinstance(batches, (int, np.integer)) or batches < 1:
-        raise ValueError(f"batches must be a positive integer, got {batches!r}.")
-    if data is None:
-        raise ValueError("taylor_allocation needs data: (x, y) batches to take gradients on.")
     scores = taylor_importance(prune_to_budget(model, 1.0, exclude=exclude), loss_fn,
-                               itertools.islice(iter(data), int(batches)))
+                               _first_batches(data, batches))
     return global_allocation(plan, fractions, scores, int(min_channels), int(round_to))
 
 
-def taylor_importance(gated: Any, loss_fn: Any, data: Iterable) -> dict[str, np.ndarray]:
+def taylor_importance(gated: Any, loss_fn: Any, batches: list) -> dict[str, np.ndarray]:
     """``{group_name: sum over batches of |dL/dm|}`` for every gate of ``gated``, its masks
     frozen to ones (so that inference applies them and they get a gradient).
 
     Args:
         gated: a gated model (:func:`dsa_tf.prune_to_budget`); its gates are changed.
         loss_fn: per-example loss ``loss_fn(y_true, y_pred)``, averaged over each batch.
-        data: the ``(x, y)`` batches to use.
-
-    Raises:
-        ValueError: data without batches, or a batch that is not ``(x, y)``.
+        batches: the ``(x, y)`` batches to use.
     """
     gates = gates_of(gated)
     for gate in gates:
@@ -115,21 +108,30 @@ def taylor_importance(gated: Any, loss_fn: Any, data: Iterable) -> dict[str, np.
         gate.mode.assign(FROZEN)
     masks = [_keras.tf_variable(gate.mask) for gate in gates]
     scores = {gate.group: np.zeros(gate.channels) for gate in gates}
-    seen = 0
-    for batch in data:
-        if not isinstance(batch, (tuple, list)) or not 2 <= len(batch) <= 3:
-            raise ValueError(f"data must yield (x, y) batches; got a {type(batch).__name__}.")
-        x, y = batch[:2]
+    for x, y in batches:
         with tf.GradientTape() as tape:
             tape.watch(masks)
             value = tf.reduce_mean(loss_fn(y, gated(x, training=False)))
         for gate, grad in zip(gates, tape.gradient(value, masks)):
             if grad is not None:
                 scores[gate.group] += np.abs(grad.numpy())
-        seen += 1
-    if not seen:
-        raise ValueError("data yielded no batch.")
     return scores
+
+
+def _first_batches(data: Iterable | None, count: Any) -> list[tuple]:
+    """The first ``count`` ``(x, y)`` pairs of ``data``; ValueError for no data, no batch, a
+    batch that is not ``(x, y)`` or ``(x, y, sample_weight)``, or a count below 1."""
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+        raise ValueError(f"batches must be a positive integer, got {count!r}.")
+    if data is None:
+        raise ValueError("taylor_allocation needs data: (x, y) batches to take gradients on.")
+    batches = list(itertools.islice(iter(data), int(count)))
+    if not batches:
+        raise ValueError("data yielded no batch.")
+    for batch in batches:
+        if not isinstance(batch, (tuple, list)) or not 2 <= len(batch) <= 3:
+            raise ValueError(f"data must yield (x, y) batches; got a {type(batch).__name__}.")
+    return [tuple(batch[:2]) for batch in batches]
 
 
 def _loss_function(model: Any, loss: Any) -> Any:
