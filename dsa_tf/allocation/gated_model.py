@@ -17,22 +17,9 @@ from typing import Any
 import tensorflow as tf
 
 from dsa_tf.allocation.gates import is_gate
+from dsa_tf.allocation.importance import layer_importance
 
 KEEP_ALL_MARGIN = 1e-7
-
-
-def _layer_importance(layer: Any) -> tf.Tensor:
-    """|gamma| of a BatchNorm, or the L1 norm of each output filter of a conv / Dense."""
-    kind = type(layer).__name__
-    if kind == "BatchNormalization":
-        if layer.gamma is None:
-            return tf.ones(layer.beta.shape)
-        return tf.abs(tf.convert_to_tensor(layer.gamma))
-    kernel = layer.pointwise_kernel if kind.startswith("Separable") else layer.kernel
-    kernel = tf.abs(tf.convert_to_tensor(kernel))
-    out_axis = kernel.shape.rank - (2 if "Transpose" in kind else 1)
-    axes = [a for a in range(kernel.shape.rank) if a != out_axis]
-    return tf.reduce_sum(kernel, axis=axes)
 
 
 def gates_of(model: Any) -> list:
@@ -46,7 +33,7 @@ def refresh_importance(model: Any) -> None:
     A group with several sources (the BatchNorms of a residual stage) averages them.
     """
     for gate in gates_of(model):
-        values = [_layer_importance(model.get_layer(n)) for n in gate.importance_sources]
+        values = [layer_importance(model.get_layer(n)) for n in gate.importance_sources]
         if values:
             gate.importance.assign(tf.add_n(values) / len(values))
 

@@ -14,7 +14,8 @@ leaves them alone, traced train functions see every change, and checkpoints carr
 * ``mode``: 0 open (warm-up), 1 stochastic (allocation), 2 frozen (the allocation ended:
   ``mask`` is used in training and inference);
 * ``frozen_by``: 0 while not frozen, 1 when the allocation met the budget, 2 when
-  :class:`dsa_tf.DSACallback` completed an allocation that had not met it in time;
+  :class:`dsa_tf.DSACallback` completed an allocation that had not met it in time, 3 when
+  :func:`dsa_tf.apply_allocation` froze a given allocation;
 * the group's ADMM state (``z``, ``u2``, ``adam_m``, ``adam_v``) and, identical in every gate
   of a model, the shared part (``u1`` per constraint, ``loss_grad_sq``, ``admm_step``): see
   :mod:`dsa_tf.allocation.admm`. :class:`dsa_tf.DSACallback` reads and writes them.
@@ -47,7 +48,8 @@ from dsa_tf.allocation import keep_process
 
 OPEN, STOCHASTIC, FROZEN = 0, 1, 2
 PHASE_NAMES = {OPEN: "warm-up", STOCHASTIC: "allocation", FROZEN: "fine-tuning"}
-BY_ALLOCATION, BY_COMPLETION = 1, 2  # frozen_by: the budget met by the ADMM, or completed
+# frozen_by: the budget met by the ADMM, completed by DSACallback, or a given allocation
+BY_ALLOCATION, BY_COMPLETION, BY_ASSIGNMENT = 1, 2, 3
 
 
 def make_gate_class(keras: Any) -> type:

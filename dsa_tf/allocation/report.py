@@ -15,7 +15,7 @@ import numpy as np
 
 from dsa_tf.allocation.gated_model import gates_of
 from dsa_tf.allocation.gated_strip import gate_keep, gate_order, resource_fractions
-from dsa_tf.allocation.gates import BY_ALLOCATION, BY_COMPLETION, PHASE_NAMES
+from dsa_tf.allocation.gates import BY_ALLOCATION, BY_ASSIGNMENT, BY_COMPLETION, PHASE_NAMES
 from dsa_tf.structure.graph import analyze
 
 
@@ -60,7 +60,8 @@ def budget_status(model: Any) -> dict:
         budget), ``budget`` and ``hard`` (per resource, as fractions of the full model),
         ``phase`` ("warm-up", "allocation" or "fine-tuning"), ``frozen_by`` ("allocation" when
         the ADMM met the budget, "completion" when :class:`dsa_tf.DSACallback` completed an
-        allocation that had not met it in time, None while not frozen) and
+        allocation that had not met it in time, "assignment" for an allocation given with
+        :func:`dsa_tf.apply_allocation`, None while not frozen) and
         ``admm_iterations`` so far.
 
     Example:
@@ -83,6 +84,7 @@ def budget_status(model: Any) -> dict:
         "budget": dict(first.budget),
         "hard": hard,
         "phase": PHASE_NAMES[int(first.mode.numpy())],
-        "frozen_by": {BY_ALLOCATION: "allocation", BY_COMPLETION: "completion"}.get(frozen_by),
+        "frozen_by": {BY_ALLOCATION: "allocation", BY_COMPLETION: "completion",
+                      BY_ASSIGNMENT: "assignment"}.get(frozen_by),
         "admm_iterations": int(first.admm_step.numpy()),
     }

@@ -100,6 +100,8 @@ def budget_line(status: dict) -> str:
     iterations = f"after {status['admm_iterations']} ADMM iterations{when}"
     if status["frozen_by"] == "allocation":
         return f"budget met by the allocation {iterations}: {resources}"
+    if status["frozen_by"] == "assignment":
+        return f"budget met by the given allocation: {resources}"
     if status["frozen_by"] == "completion":
         return (f"budget NOT met by the allocation in time: completed {iterations} by lowering "
                 f"every keep ratio together (see the warning in the log): {resources}")
