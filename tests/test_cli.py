@@ -19,7 +19,7 @@ import tagged_images
 BUDGET, EPOCHS = 0.6, 14
 ARGS = ["--config=quick", "--model=resnet8", "--dataset=tagged_images", f"--budget={BUDGET}",
         "--batch_size=16", f"--epochs={EPOCHS}", "--warmup_epochs=1", "--update_every=1",
-        "--train_examples=0", "--latency_runs=2", "--verbose=2"]
+        "--train_examples=0", "--latency_runs=2", "--reference", "--verbose=2"]
 
 
 def dsa_tf_command(*args: str) -> list[str]:
@@ -59,7 +59,9 @@ def run_dir(tmp_path_factory):
 
 def test_resumed_run_continues_where_it_was_killed(run_dir):
     out, _, first, second = run_dir
-    assert f"Epoch 1/{EPOCHS}" in first and f"Epoch 1/{EPOCHS}" not in second
+    training = second.split("[dsa-tf] reference ...")[0]  # the DSA fit, before the reference
+    assert f"Epoch 1/{EPOCHS}" in first and f"Epoch 1/{EPOCHS}" not in training
+    assert f"Epoch {EPOCHS}/{EPOCHS}" in training
     history = load_report(out)["history"]
     assert sorted(int(row["epoch"]) for row in history) == list(range(EPOCHS))
     phases = [int(row["dsa_phase"]) for row in sorted(history, key=lambda r: r["epoch"])]
@@ -73,6 +75,9 @@ def test_run_directory_holds_a_consistent_report(run_dir, keras):
     assert stripped["flops_ratio"] <= BUDGET
     assert stripped["flops"] == pytest.approx(stripped["flops_ratio"] * unpruned["flops"])
     assert 0.0 <= stripped["test_accuracy"] <= 1.0
+    assert 0.0 <= unpruned["test_accuracy"] <= 1.0  # the reference trained on the schedule
+    reference = keras.models.load_model(os.path.join(out, "reference.keras"), compile=False)
+    assert dsa_tf.count_flops(reference) == unpruned["flops"]
     assert stripped["strip_max_abs_difference"] < 1e-4
     model = keras.models.load_model(os.path.join(out, "stripped.keras"))
     assert dsa_tf.count_flops(model) == stripped["flops"]

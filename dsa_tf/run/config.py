@@ -84,6 +84,11 @@ class RunConfig:
     weight_decay: float = _setting(
         4e-5, "Decoupled weight decay of the optimizer (scaled by the learning rate).")
     seed: int = _setting(0, "Seed of the split, the initial weights, the masks and the shuffles.")
+    reference: bool = _setting(
+        False, "Also train the unpruned network on the same schedule (same data, initial "
+        "weights, seed and epochs) and report its test accuracy beside the pruned model's: "
+        "what pruning cost. It doubles the training time. With --init the pre-trained model "
+        "is the reference instead.")
     int8: bool = _setting(True, "Also export and verify a full-integer TFLite model.")
     latency_runs: int = _setting(
         20, "Timed rounds per model in the LiteRT latency measurement.")

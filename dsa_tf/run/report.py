@@ -147,8 +147,12 @@ def plot_allocation(report: dict, path: str) -> None:
     axes.set_xticklabels([r["group"] for r in rows], rotation=90, fontsize=7)
     axes.set_ylabel("channels")
     config, after = report["config"], report["stripped"]
+    accuracy = ""
+    if "test_accuracy" in after and report["unpruned"].get("test_accuracy") is not None:
+        accuracy = (f"\ntest accuracy {after['test_accuracy']:.2%} (unpruned "
+                    f"{report['unpruned']['test_accuracy']:.2%})")
     axes.set_title(f"{config['model']}: {after['flops_ratio']:.1%} of the FLOPs, "
-                   f"{after['params_ratio']:.1%} of the params")
+                   f"{after['params_ratio']:.1%} of the params{accuracy}")
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
