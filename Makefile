@@ -32,11 +32,13 @@ zoo: install
 	TF_USE_LEGACY_KERAS=1 $(BIN)/pytest -q -p no:cacheprovider -m zoo tests/test_zoo.py
 
 # The main job: DSA's quick schedule, a CIFAR ResNet pruned to 50% of its FLOPs on CIFAR-10
-# (from $$TFDS_DATA_DIR, else ../shared/tensorflow_datasets when present, else tfds' default).
+# (from $$TFDS_DATA_DIR, else ../shared/tensorflow_datasets when present, else tfds' default),
+# beside the unpruned network trained on the same schedule.
 DEMO_DATA := $(or $(TFDS_DATA_DIR),$(wildcard ../shared/tensorflow_datasets))
 
 demo: install
-	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/dsa-tf prune --config=quick --dataset=cifar10 --budget=0.5 --out=runs/demo \
+	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/dsa-tf prune --config=quick --dataset=cifar10 --budget=0.5 --reference \
+		--out=runs/demo \
 		$(if $(DEMO_DATA),--data_dir=$(abspath $(DEMO_DATA)))
 
 clean:

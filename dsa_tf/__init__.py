@@ -15,12 +15,17 @@ Example:
 """
 
 from dsa_tf import models
+from dsa_tf.allocation.apply import apply_allocation
+from dsa_tf.allocation.batch_norm import reestimate_batchnorm
 from dsa_tf.allocation.callback import DSACallback
 from dsa_tf.allocation.gated_model import keep_ratios, set_keep_ratios
 from dsa_tf.allocation.gated_strip import strip
 from dsa_tf.allocation.gates import gate_class
+from dsa_tf.allocation.magnitude import magnitude_allocation
 from dsa_tf.allocation.prune import prune_to_budget
-from dsa_tf.allocation.report import allocation_report
+from dsa_tf.allocation.report import allocation_report, budget_status
+from dsa_tf.allocation.taylor import taylor_allocation
+from dsa_tf.allocation.uniform import uniform_allocation
 from dsa_tf.deploy.export import ExportReport, export_tflite
 from dsa_tf.deploy.qat import quantize_aware
 from dsa_tf.deploy.timing import LatencyReport, benchmark_tflite, compare_tflite_latency
@@ -45,19 +50,25 @@ __all__ = [
     "RunConfig",
     "allocation_report",
     "analyze",
+    "apply_allocation",
     "benchmark_tflite",
+    "budget_status",
     "compare_tflite_latency",
     "count_flops",
     "count_params",
     "data",
     "export_tflite",
     "keep_ratios",
+    "magnitude_allocation",
     "masked_call",
     "models",
     "preset",
     "prune_to_budget",
     "quantize_aware",
+    "reestimate_batchnorm",
     "run_pruning",
     "set_keep_ratios",
     "strip",
+    "taylor_allocation",
+    "uniform_allocation",
 ]

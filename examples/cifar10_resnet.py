@@ -40,7 +40,6 @@ def main(argv: list[str]) -> None:
     config = preset(
         "paper", dataset="cifar10", model=f"resnet{DEPTH.value}", budget=BUDGET.value,
         data_dir=DATA_DIR.value, train_examples=TRAIN_EXAMPLES.value, epochs=EPOCHS.value,
-        warmup_epochs=max(1, round(20 * scale)),
         lr_boundaries=tuple(round(b * scale) for b in (120, 180, 240)),
         out=OUT.value or f"runs/paper_r{DEPTH.value}_{BUDGET.value:g}")
     report = run_pruning(config)

@@ -54,7 +54,7 @@ def main(argv: list[str]) -> None:
         "quick", model=MODEL.value, dataset=DATASET.value, image_size=IMAGE_SIZE.value,
         budget=BUDGET.value, epochs=EPOCHS.value, train_examples=TRAIN_EXAMPLES.value,
         data_dir=DATA_DIR.value, batch_size=64, lr=0.01 if pretrained else 0.05,
-        weights="imagenet" if pretrained else None, warmup_epochs=0 if pretrained else 1,
+        weights="imagenet" if pretrained else None, warmup_epochs=0 if pretrained else None,
         out=OUT.value or f"runs/{MODEL.value}_{DATASET.value.replace('/', '_')}")
     run_pruning(config)
 

@@ -8,13 +8,13 @@ prints the epoch at which the budget was reached, the stripped model's FLOPs and
 the test accuracy of the gated model and of the stripped model (equal up to float noise) and
 the per-group allocation.
 
-``--allocation=uniform`` is the baseline at the same budget: every prunable group keeps the same
-ratio r, the largest r whose hard configuration (k = max(1, round(r * C)) channels per group)
-meets the budget, found by bisection on the quadratic FLOPs model of ``dsa_tf.analyze``. The
-masks are frozen before training starts, so the channels kept are chosen by the initial
-importance (BatchNorm |gamma|, all 1 at initialisation: effectively the first k channels of
-each group, which is as good as any choice for a network trained from scratch). It then trains
-with the same schedule and seed, without the DSACallback.
+``--allocation=uniform`` is the baseline at the same budget: ``dsa_tf.uniform_allocation``
+(every prunable group keeps the same ratio r, the largest r whose hard configuration,
+k = max(1, round(r * C)) channels per group, meets the budget) applied to the gated model with
+``dsa_tf.apply_allocation``, which freezes its masks before training starts. The channels kept
+are chosen by the initial importance (BatchNorm |gamma|, all 1 at initialisation: the first k
+channels of each group, which is as good as any choice for a network trained from scratch). It
+then trains with the same schedule and seed, without the DSACallback.
 
 Data: ``tfds.load`` from ``--data_dir``; a seeded random subset of ``--train_examples`` training
 images is split 90/10 (disjoint) into weight-training data and the held-out ``alpha_data`` of
@@ -55,8 +55,6 @@ import tensorflow_datasets as tfds
 from absl import app, flags
 
 import dsa_tf
-from dsa_tf.allocation.gated_model import gates_of
-from dsa_tf.allocation.gates import FROZEN
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SHARED = os.path.join(os.path.dirname(_REPO), "shared", "tensorflow_datasets")
@@ -129,44 +127,6 @@ def datasets(seed: int) -> tuple:
     return train, alpha_data, test_data, shape, len(x_train), len(alpha[0])
 
 
-# ------------------------------------------------------------------------------- uniform
-def uniform_ratio(plan: dsa_tf.ChannelPlan, budget: float) -> tuple[float, np.ndarray]:
-    """The largest common keep ratio r whose hard configuration meets the FLOPs budget.
-
-    Returns r (moved to the middle of the interval of ratios giving the same channel counts,
-    away from rounding ties) and the per-group channel counts.
-    """
-    channels = np.array([g.channels for g in plan.prunable])
-    full = plan.flops(np.ones(len(channels)))
-
-    def counts(r: float) -> np.ndarray:
-        return np.maximum(1, np.round(r * channels)).astype(int)
-
-    def fits(r: float) -> bool:
-        return plan.flops(counts(r) / channels) / full <= budget
-
-    lo, hi = 0.0, 1.0
-    if not fits(lo):
-        raise ValueError(f"No uniform ratio meets the budget {budget}.")
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    kept = counts(lo)
-    # Ratios giving exactly these counts: above (k - 0.5) / C for groups with k > 1.
-    lowest = max([(k - 0.5) / c for k, c in zip(kept, channels) if k > 1], default=0.0)
-    r = (lowest + lo) / 2 if lowest < lo else lo
-    assert np.array_equal(counts(r), kept)
-    return r, kept
-
-
-def freeze_uniform(gated, ratio: float) -> None:
-    """Sets every group's keep ratio to ``ratio`` and freezes its hard mask from the start."""
-    dsa_tf.set_keep_ratios(gated, {name: ratio for name in dsa_tf.keep_ratios(gated)})
-    for gate in gates_of(gated):
-        gate.frozen_mask.assign(gate.hard_mask())
-        gate.mode.assign(FROZEN)
-
-
 # ---------------------------------------------------------------------------------- main
 def compile_model(model, steps: int) -> None:
     schedule = tf.keras.optimizers.schedules.CosineDecay(LR.value, decay_steps=steps)
@@ -187,16 +147,15 @@ def main(argv: list[str]) -> None:
     model = dsa_tf.models.cifar_resnet(DEPTH.value, input_shape=tuple(shape), num_classes=10,
                                        weight_decay=WEIGHT_DECAY.value)
     gated = dsa_tf.prune_to_budget(model, {"flops": budget}, seed=seed)
-    plan = dsa_tf.analyze(model)
     callbacks = []
     if ALLOCATION.value == "dsa":
         callbacks.append(dsa_tf.DSACallback(alpha_data, warmup_epochs=WARMUP.value,
                                             update_every=UPDATE_EVERY.value))
     else:
-        ratio, kept = uniform_ratio(plan, budget)
-        freeze_uniform(gated, ratio)
-        print(f"uniform keep ratio r = {ratio:.4f}; kept channels per group: "
-              f"{dict(zip([g.name for g in plan.prunable], kept.tolist()))}", flush=True)
+        keep = dsa_tf.uniform_allocation(model, budget)
+        dsa_tf.apply_allocation(gated, keep)
+        print(f"uniform allocation; kept channels per group: "
+              f"{ {name: len(kept) for name, kept in keep.items()} }", flush=True)
 
     steps = EPOCHS.value * int(np.ceil(n_train / BATCH.value))
     compile_model(gated, steps)

@@ -37,7 +37,7 @@ def main(argv: list[str]) -> None:
                   tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     gated.fit(splits.train, epochs=5, callbacks=[
-        dsa_tf.DSACallback(splits.alpha, warmup_epochs=1, update_every=2)])
+        dsa_tf.DSACallback(splits.alpha)])
     small = dsa_tf.strip(gated)
     report = dsa_tf.export_tflite(small, OUT.value, quantize="int8",
                                   representative_data=splits.train.take(4))

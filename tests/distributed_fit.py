@@ -4,6 +4,8 @@
                                                # over two logical CPUs, in one process
     python tests/distributed_fit.py worker     # one worker of MultiWorkerMirroredStrategy
                                                # (TF_CONFIG names the cluster and the task)
+    python tests/distributed_fit.py schedule   # DSACallback's defaults on fits of 3, 8 and
+                                               # 30 epochs under MirroredStrategy
 
 Devices are configured before TensorFlow initialises them, which is why this runs in its own
 process. The report holds, per run: the phase of every epoch, the hard and stripped FLOPs
@@ -129,15 +131,48 @@ def theta_gradients(strategy: Any, weights: list | None = None,
     return [float(g) for g in grads], gated.get_weights()
 
 
+def default_schedules(strategy: Any) -> list[dict]:
+    """Fits of 3 (budget 0.3), 8 (0.6) and 30 (0.3) epochs of 8 global steps under
+    ``strategy`` with DSACallback's defaults: per fit, the phases, whether the allocation
+    was completed by the callback, and the stripped FLOPs ratio. (Every length at both
+    budgets runs on one device in tests/test_schedule.py; on two replicas each ADMM iteration
+    costs a cross-replica call, so three fits cover the lengths and budgets.)"""
+    import tensorflow as tf
+
+    import dsa_tf
+
+    keras = tf.keras
+    train, alpha = _data(tf, keras)
+    runs = []
+    for epochs, budget in ((3, 0.3), (8, 0.6), (30, 0.3)):
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(SEED)
+        with strategy.scope():
+            model = dsa_tf.models.cifar_resnet(8, num_classes=4, input_shape=(16, 16, 3))
+            gated = dsa_tf.prune_to_budget(model, budget, seed=SEED)
+            gated.compile(keras.optimizers.SGD(0.05, momentum=0.9),
+                          keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        history = gated.fit(train, epochs=epochs, verbose=0,
+                            callbacks=[dsa_tf.DSACallback(alpha, verbose=0)]).history
+        runs.append({"epochs": epochs, "budget": budget, "phases": history["dsa_phase"],
+                     "completed": history["dsa_completed"][-1],
+                     "flops_stripped": dsa_tf.count_flops(dsa_tf.strip(gated))
+                     / dsa_tf.count_flops(model)})
+    return runs
+
+
 def main(mode: str) -> None:
     """Runs ``mode`` ("mirrored" or "worker") and prints the JSON report as the last line."""
     import tensorflow as tf
 
-    if mode == "mirrored":
+    if mode in ("mirrored", "schedule"):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    if mode == "schedule":
+        report = {"runs": default_schedules(mirrored)}
+    elif mode == "mirrored":
         report = {"single": run(tf.distribute.get_strategy()), "mirrored": run(mirrored)}
         single_grads, weights = theta_gradients(tf.distribute.get_strategy())
         report["theta_gradients"] = {"single": single_grads,
@@ -150,7 +185,7 @@ def main(mode: str) -> None:
     elif mode == "worker":
         report = {"worker": run(tf.distribute.MultiWorkerMirroredStrategy())}
     else:
-        raise SystemExit(f"unknown mode {mode!r}; use 'mirrored' or 'worker'")
+        raise SystemExit(f"unknown mode {mode!r}; use 'mirrored', 'schedule' or 'worker'")
     print(json.dumps(report), flush=True)
 
 

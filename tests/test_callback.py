@@ -34,7 +34,8 @@ def _fit(keras, budget, epochs, callbacks=(), gated=None, round_to=1, **callback
                                             round_to=round_to)
     gated.compile(keras.optimizers.SGD(0.05, momentum=0.9),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    args = {"warmup_epochs": 1, "update_every": 1, "verbose": 0, **callback_args}
+    args = {"warmup_epochs": 1, "update_every": 1, "finish_by": None, "verbose": 0,
+            **callback_args}
     callback = dsa_tf.DSACallback(_data(64, seed=1), **args)
     history = gated.fit(_data(), epochs=epochs, callbacks=[callback, *callbacks], verbose=0)
     return gated, history.history
@@ -51,6 +52,7 @@ def test_budget_is_reached_and_strip_meets_it(keras, budget):
     model = _small_net(keras)
     gated, history = _fit(keras, budget, EPOCHS)
     assert history["dsa_phase"][0] == 0 and history["dsa_phase"][-1] == 2
+    assert history["dsa_completed"][-1] == 0  # the allocation itself met the budget
     assert all(int(g.mode.numpy()) == FROZEN for g in gates_of(gated))
     small = dsa_tf.strip(gated)
     counts = {"flops": dsa_tf.count_flops, "params": dsa_tf.count_params}
@@ -82,7 +84,7 @@ def test_allocation_state_survives_a_checkpoint(keras, tmp_path):
     fresh = dsa_tf.prune_to_budget(_small_net(keras), 0.5, seed=1)
     fresh.load_weights(path)
     restored = [w.numpy() for g in gates_of(fresh) for w in g.weights]
-    assert len(state) == len(restored) == 3 * 13  # theta ... admm_step, u1 of 3 gates
+    assert len(state) == len(restored) == 3 * 14  # theta ... u1, frozen_by of 3 gates
     assert all(np.array_equal(a, b) for a, b in zip(state, restored))
     assert all(int(g.mode.numpy()) == STOCHASTIC for g in gates_of(fresh))
     _, resumed = _fit(keras, 0.5, EPOCHS - 3, gated=fresh)

@@ -19,7 +19,7 @@ import tagged_images
 BUDGET, EPOCHS = 0.6, 14
 ARGS = ["--config=quick", "--model=resnet8", "--dataset=tagged_images", f"--budget={BUDGET}",
         "--batch_size=16", f"--epochs={EPOCHS}", "--warmup_epochs=1", "--update_every=1",
-        "--train_examples=0", "--latency_runs=2", "--verbose=2"]
+        "--train_examples=0", "--latency_runs=2", "--reference", "--verbose=2"]
 
 
 def dsa_tf_command(*args: str) -> list[str]:
@@ -59,7 +59,9 @@ def run_dir(tmp_path_factory):
 
 def test_resumed_run_continues_where_it_was_killed(run_dir):
     out, _, first, second = run_dir
-    assert f"Epoch 1/{EPOCHS}" in first and f"Epoch 1/{EPOCHS}" not in second
+    training = second.split("[dsa-tf] reference ...")[0]  # the DSA fit, before the reference
+    assert f"Epoch 1/{EPOCHS}" in first and f"Epoch 1/{EPOCHS}" not in training
+    assert f"Epoch {EPOCHS}/{EPOCHS}" in training
     history = load_report(out)["history"]
     assert sorted(int(row["epoch"]) for row in history) == list(range(EPOCHS))
     phases = [int(row["dsa_phase"]) for row in sorted(history, key=lambda r: r["epoch"])]
@@ -73,6 +75,9 @@ def test_run_directory_holds_a_consistent_report(run_dir, keras):
     assert stripped["flops_ratio"] <= BUDGET
     assert stripped["flops"] == pytest.approx(stripped["flops_ratio"] * unpruned["flops"])
     assert 0.0 <= stripped["test_accuracy"] <= 1.0
+    assert 0.0 <= unpruned["test_accuracy"] <= 1.0  # the reference trained on the schedule
+    reference = keras.models.load_model(os.path.join(out, "reference.keras"), compile=False)
+    assert dsa_tf.count_flops(reference) == unpruned["flops"]
     assert stripped["strip_max_abs_difference"] < 1e-4
     model = keras.models.load_model(os.path.join(out, "stripped.keras"))
     assert dsa_tf.count_flops(model) == stripped["flops"]
@@ -86,6 +91,11 @@ def test_run_directory_holds_a_consistent_report(run_dir, keras):
             assert check["samples"] > 0 and max(check["errors"].values()) <= check["tolerance"]
             assert tflite["latency"]["median_ms"] > 0
     assert set(report["timings_s"]) >= {"data", "training", "export", "latency"}
+    status = report["budget_status"]
+    assert status["met"] and status["frozen_by"] in ("allocation", "completion")
+    assert status["hard"]["flops"] == pytest.approx(stripped["flops_ratio"])
+    assert status["epoch"] == 1 + min(int(row["epoch"]) for row in report["history"]
+                                      if row["dsa_phase"] == 2)
     with open(os.path.join(out, "allocation.png"), "rb") as file:
         assert file.read(8) == b"\x89PNG\r\n\x1a\n"
     with open(os.path.join(out, "config.json")) as file:
@@ -99,6 +109,7 @@ def test_report_command_and_a_changed_setting(run_dir):
     assert shown.returncode == 0, shown.stderr[-2000:]
     flops = load_report(out)["stripped"]["flops"]
     assert f"{flops:,}" in shown.stdout and "test accuracy" in shown.stdout
+    assert "budget met by the allocation" in shown.stdout or "budget NOT met" in shown.stdout
     changed = subprocess.run(
         dsa_tf_command("prune", *ARGS, "--budget=0.5", f"--data_dir={data_dir}", f"--out={out}"),
         capture_output=True, text=True, timeout=120)
@@ -115,7 +126,7 @@ def test_presets_and_model_names(keras, tmp_path):
     with pytest.raises(ValueError, match="Unknown run settings"):
         preset("quick", budgte=0.5)
     with pytest.raises(ValueError, match="must exceed warmup_epochs"):
-        preset("quick", epochs=1)
+        preset("quick", epochs=2, warmup_epochs=2)
     config = preset("quick")
     assert build_model(config, (8, 8, 1), 3, keras).output_shape == (None, 3)
     with pytest.raises(ValueError, match="Unknown model 'resnet7x'"):

@@ -162,8 +162,8 @@ def test_set_keep_ratios_validates(keras):
     name = next(iter(dsa_tf.keep_ratios(gated)))
     with pytest.raises(ValueError, match="No gated group"):
         dsa_tf.set_keep_ratios(gated, {"nope": 0.5})
-    with pytest.raises(ValueError, match=r"in \(0, 1\)"):
-        dsa_tf.set_keep_ratios(gated, {name: 1.0})
+    with pytest.raises(ValueError, match=r"in \(0, 1\]"):
+        dsa_tf.set_keep_ratios(gated, {name: 1.5})
     with pytest.raises(ValueError, match="no ChannelGate"):
         dsa_tf.keep_ratios(dsa_tf.models.cifar_resnet(20, keras=keras))
 

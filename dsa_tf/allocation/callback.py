@@ -7,30 +7,45 @@ Example:
     >>> gated.compile("sgd", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     >>> x, y = np.random.rand(64, 8, 8, 3).astype("float32"), np.arange(64) % 10
     >>> data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
-    >>> callback = dsa_tf.DSACallback(data, warmup_epochs=0, update_every=1, verbose=0)
-    >>> history = gated.fit(data, epochs=20, callbacks=[callback], verbose=0)
+    >>> history = gated.fit(data, epochs=3, verbose=0,
+    ...                     callbacks=[dsa_tf.DSACallback(data, verbose=0)])
     >>> history.history["dsa_flops_hard"][-1] <= 0.5
     True
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable, Iterator, Mapping, Sized
+import dataclasses
+import warnings
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from dsa_tf import _keras
-from dsa_tf.allocation import admm
+from dsa_tf.allocation import admm, keep_process
+from dsa_tf.allocation.alpha_data import (
+    alpha_batches,
+    check_alpha_data,
+    check_reiterable,
+)
+from dsa_tf.allocation.batch_norm import reestimate_batchnorm
 from dsa_tf.allocation.gated_model import gates_of, refresh_importance, resample_masks
 from dsa_tf.allocation.gated_strip import gate_order
-from dsa_tf.allocation.gates import FROZEN, OPEN, STOCHASTIC
+from dsa_tf.allocation.gates import (
+    BY_ALLOCATION,
+    BY_COMPLETION,
+    FROZEN,
+    OPEN,
+    PHASE_NAMES,
+    STOCHASTIC,
+)
 from dsa_tf.allocation.keep_gradients import keep_ratio_gradients, per_example_loss
+from dsa_tf.allocation.schedule import FINISH_BY, Schedule, plan_schedule
 from dsa_tf.structure.graph import analyze
 
-PHASES = {OPEN: "warm-up", STOCHASTIC: "allocation", FROZEN: "fine-tuning"}
+BN_BATCHES = 32
 
 
 class DSACallback(_keras.default_keras().callbacks.Callback):
@@ -38,45 +53,66 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
 
     Phases (stored in the gates' ``mode`` variables, so checkpoints carry them):
 
-    1. warm-up, for ``warmup_epochs`` epochs: plain training, gates open;
+    1. warm-up: plain training, gates open;
     2. allocation: before every weight step each gate draws one DSA Bernoulli mask for its
        whole group (:func:`dsa_tf.allocation.gated_model.resample_masks`); every
-       ``update_every`` weight steps, one ADMM iteration
-       (:func:`dsa_tf.allocation.admm.admm_iteration`): a Theta step on the next batch of
-       ``alpha_data`` (repeated as needed), 50 z steps, the dual update. The steepness beta2
-       starts at 0.05 and grows 1.1x per epoch. Base importances are refreshed from the
-       BatchNorm |gamma| (or filter L1 norms) before every weight step. The Theta gradient
-       is DSA's straight-through estimate (:func:`keep_ratio_gradients`);
+       ``update_every`` weight steps, ADMM iterations
+       (:func:`dsa_tf.allocation.admm.admm_iteration`): each a Theta step on the next batch
+       of ``alpha_data`` (repeated as needed), 50 z steps and the dual update. The Theta step
+       runs the model in training mode but leaves the BatchNorm moving statistics as they
+       were. The steepness beta2 starts at 0.05 and grows 1.1x per epoch. Base importances are
+       refreshed from the BatchNorm |gamma| (or filter L1 norms) before every weight step;
     3. fine-tuning: as soon as the hard configuration (the top-k channels of each group,
        k = ``ChannelGate.kept_count()``, honouring ``round_to``) meets every budget, the masks
-       are frozen and logged, and training goes on with fixed masks to the end of ``fit``.
+       are frozen, the BatchNorm moving statistics are re-estimated under them
+       (:func:`dsa_tf.reestimate_batchnorm` on ``bn_batches`` batches of ``alpha_data``), and
+       training goes on with fixed masks to the end of ``fit``.
 
-    How long the allocation takes: the ADMM reaches budgets from 0.25 to 0.9 within 150
-    iterations in simulation (see :mod:`dsa_tf.allocation.admm`), so within
-    ``150 * update_every`` weight steps from the start of the allocation, i.e.
-    ``150 * update_every / steps_per_epoch`` epochs (CIFAR-10, batch 128, 90% split,
-    update_every=20: about 8.5 epochs).
+    The schedule follows the fit (:func:`dsa_tf.allocation.schedule.plan_schedule`): when
+    ``fit`` begins the callback reads its epochs and steps per epoch and, for the arguments
+    left at None, keeps the paper's proportions: warm-up for 1/15 of the steps (the paper's
+    20 of 300 epochs), and an ADMM cadence that fits the 150 iterations the ADMM needs at
+    most (budgets 0.25-0.9, :mod:`dsa_tf.allocation.admm`) between the end of the warm-up
+    and a third of the steps: one iteration every 20 weight steps (the paper's value) when
+    the fit is long enough, down to one per step, and several per step (each on its own
+    alpha batch) for fits of fewer than ~500 steps; an ADMM iteration costs about one weight
+    step (a forward and backward pass on an alpha batch), so such a fit runs up to ~150 steps
+    longer than its own length. At 300 CIFAR-10 epochs this is exactly
+    the paper's schedule. Measured reach with the defaults: budgets 0.3 and 0.6 within fits
+    of 3, 8 and 30 epochs, on one and two replicas (``tests/test_schedule.py``); the short
+    schedules of BENCHMARKS.md. Pass ``warmup_epochs=0`` for a pre-trained model.
+
+    No silent budget miss: if the budget is not met by ``finish_by`` of the fit's steps (or
+    when ``fit`` ends, or stops early, before that), the callback completes the allocation:
+    it lowers every keep-ratio logit by the same amount, the smallest that makes the hard
+    configuration meet every budget (the groups keep their learned order of preference),
+    freezes the masks, re-estimates the BatchNorm statistics and warns, saying what to change.
+    The epoch logs then show ``dsa_completed`` = 1, :func:`dsa_tf.budget_status` reports it,
+    and the remaining steps fine-tune. ``finish_by=None`` lets the allocation run on across
+    several ``fit`` calls instead (a warning at the end of each fit says the budget is not
+    met yet, and :func:`dsa_tf.strip` warns on an over-budget model).
 
     The epoch logs (progress bar, History, CSVLogger) get ``dsa_phase`` (0 warm-up,
-    1 allocation, 2 fine-tuning), ``dsa_beta2``, and per constraint ``dsa_<resource>_expected``
-    (the resource at the current keep ratios) and ``dsa_<resource>_hard`` (the resource of
-    the hard configuration, what :func:`dsa_tf.strip` gives), both as fractions.
+    1 allocation, 2 fine-tuning), ``dsa_beta2``, ``dsa_admm_iterations``, ``dsa_completed``
+    and per constraint ``dsa_<resource>_expected`` (the resource at the current keep ratios)
+    and ``dsa_<resource>_hard`` (the resource of the hard configuration, what
+    :func:`dsa_tf.strip` gives), both as fractions.
 
     Resuming: everything the allocation needs lives in the gates' variables (phase, beta2,
     the step counter, the ADMM state, the frozen masks); the position in ``alpha_data`` is
-    recomputed from the ADMM iteration count. A fit resumed with
-    ``keras.callbacks.BackupAndRestore`` or from a saved ``.keras`` model (continued with a
-    new DSACallback) carries on where the checkpoint was taken. List DSACallback before
-    BackupAndRestore or ModelCheckpoint in ``callbacks``: the epoch's beta2 growth and the
-    batch's ADMM iteration then happen before the checkpoint is written. With
+    recomputed from the ADMM iteration count and the schedule from the fit's epochs and
+    steps. A fit resumed with ``keras.callbacks.BackupAndRestore`` or from a saved ``.keras``
+    model (continued with a new DSACallback) carries on where the checkpoint was taken. List
+    DSACallback before BackupAndRestore or ModelCheckpoint in ``callbacks``: the epoch's beta2
+    growth and the batch's ADMM iteration then happen before the checkpoint is written. With
     ``keras.utils.set_random_seed`` and ``prune_to_budget(..., seed=...)`` fixed, two runs on
     CPU give the same allocation and weights.
 
     Failures: ``alpha_data`` is checked against the model and the loss when ``fit`` begins.
     A non-finite training loss, or a non-finite keep-ratio update, stops ``fit`` with a
     ``FloatingPointError`` naming the epoch, batch and phase; the failing update is not
-    applied (the gates keep their last finite state, and the BatchNorm statistics the Theta
-    step touched are restored), and a BackupAndRestore backup is kept for resuming.
+    applied (the gates keep their last finite state), and a BackupAndRestore backup is kept
+    for resuming.
 
     Distributed training (``tf.distribute.MirroredStrategy``, and
     ``MultiWorkerMirroredStrategy`` under tf_keras): call ``prune_to_budget`` and ``compile``
@@ -96,8 +132,14 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
             or a list (or other re-iterable) of ``(x, y)`` or ``(x, y, sample_weight)``
             batches. One-shot iterators and generators are refused (they would be exhausted
             after one pass).
-        warmup_epochs: plain-training epochs before the allocation (paper: 20 of 300).
-        update_every: weight steps per ADMM iteration (paper: 20).
+        warmup_epochs: plain-training epochs before the allocation; None (default): 1/15 of
+            the fit's steps (the paper's 20 of 300 epochs).
+        update_every: weight steps per ADMM iteration; None (default): from the fit's length
+            (the paper's 20 when the fit is long enough).
+        finish_by: share of the fit's steps by which the allocation must be over (default
+            0.6), or None to never complete it (see above).
+        bn_batches: alpha_data batches for re-estimating the BatchNorm statistics when the
+            masks freeze (0: keep the moving averages as they are).
         loss: loss for the Theta steps, ``loss(y_true, y_pred)``; default: the model's
             compiled loss (a single loss).
         beta2_init: initial steepness of the keep probabilities (paper: 0.05).
@@ -108,34 +150,41 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         rho2: penalty of Theta == z (paper: 0.01).
         loss_scale: fixed scale of the loss gradient (paper: 1e5); default None adapts it to
             the gradient's running RMS (see :mod:`dsa_tf.allocation.admm` for why).
-        verbose: 1 prints a line at every phase change.
+        verbose: 1 prints the schedule and a line at every phase change.
     """
 
-    def __init__(self, alpha_data: Iterable, *, warmup_epochs: int = 20, update_every: int = 20,
-                 loss: Any = None, beta2_init: float = 0.05, beta2_growth: float = 1.1,
+    def __init__(self, alpha_data: Iterable, *, warmup_epochs: int | None = None,
+                 update_every: int | None = None, finish_by: float | None = FINISH_BY,
+                 bn_batches: int = BN_BATCHES, loss: Any = None, beta2_init: float = 0.05,
+                 beta2_growth: float = 1.1,
                  theta_learning_rate: float = admm.THETA_LEARNING_RATE,
                  rho1: float = admm.RHO1, rho2: float = admm.RHO2,
                  loss_scale: float | None = None, verbose: int = 1):
         super().__init__()
-        if warmup_epochs < 0 or update_every < 1:
-            raise ValueError("warmup_epochs must be >= 0 and update_every >= 1.")
-        if isinstance(alpha_data, Iterator) or not isinstance(alpha_data, Iterable):
-            why = "one-shot: exhausted after one pass" if isinstance(alpha_data, Iterator) \
-                else "not iterable"
-            raise ValueError(f"alpha_data must be read again and again, but the given "
-                             f"{type(alpha_data).__name__} is {why}. Pass a tf.data.Dataset "
-                             f"or a list of (x, y) batches.")
+        if warmup_epochs is not None and warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0 or None, got {warmup_epochs}.")
+        if update_every is not None and update_every < 1:
+            raise ValueError(f"update_every must be >= 1 or None, got {update_every}.")
+        if finish_by is not None and not 0 < finish_by <= 1:
+            raise ValueError(f"finish_by must be in (0, 1] or None, got {finish_by}.")
+        if bn_batches < 0:
+            raise ValueError(f"bn_batches must be >= 0, got {bn_batches}.")
+        check_reiterable(alpha_data)
         self.alpha_data = alpha_data
-        self.warmup_epochs = int(warmup_epochs)
-        self.update_every = int(update_every)
+        self.warmup_epochs = None if warmup_epochs is None else int(warmup_epochs)
+        self.update_every = None if update_every is None else int(update_every)
+        self.finish_by = finish_by
+        self.bn_batches = int(bn_batches)
         self.loss = loss
         self.beta2_init = float(beta2_init)
         self.beta2_growth = float(beta2_growth)
         self.theta_learning_rate = float(theta_learning_rate)
         self.rho1, self.rho2, self.loss_scale = float(rho1), float(rho2), loss_scale
         self.verbose = verbose
+        self.schedule: Schedule | None = None
         self._batches = None
         self._epoch = 0
+        self._steps_per_epoch: int | None = None
 
     # ----------------------------------------------------------------- set-up
     def on_train_begin(self, logs: dict | None = None) -> None:
@@ -153,7 +202,7 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         self.resources = list(self.gates[0].budget)
         self._resource_model()
         self._loss_fn = self._resolve_loss()
-        self._check_alpha_data()
+        check_alpha_data(self.alpha_data, model, self._loss_fn)
         self._batches = None  # positioned at the first ADMM iteration of this fit
         if getattr(self, "_traced_for", None) is not model:  # trace once per model
             self._update = tf.function(self._admm_update)
@@ -162,6 +211,35 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         if self._phase() == OPEN and self.gates[0].admm_step.numpy() == 0:
             for gate in self.gates:
                 gate.beta2.assign(self.beta2_init)
+        self._epochs = int(self.params.get("epochs") or 1)
+        self._steps_per_epoch = self.params.get("steps")
+        self._seen = 0
+        self.schedule = None
+        if self._steps_per_epoch:
+            self._plan(int(self._steps_per_epoch))
+        elif self._phase() == OPEN:
+            self._say("the fit's steps per epoch are unknown: the first epoch is warm-up, and "
+                      "the schedule is planned from its length")
+
+    def _plan(self, steps_per_epoch: int, counted: bool = False) -> None:
+        """Plans the schedule; ``counted``: the steps were counted in the first epoch, which
+        therefore was warm-up."""
+        schedule = plan_schedule(self._epochs, steps_per_epoch,
+                                 warmup_epochs=self.warmup_epochs,
+                                 update_every=self.update_every, finish_by=self.finish_by)
+        if counted:
+            schedule = dataclasses.replace(
+                schedule, warmup_steps=max(schedule.warmup_steps, steps_per_epoch))
+        self.schedule = schedule
+        if self._phase() != FROZEN:
+            total = self._epochs * steps_per_epoch
+            per = ("" if schedule.iterations_per_update == 1
+                   else f" ({schedule.iterations_per_update} iterations each)")
+            deadline = ("" if schedule.finish_step is None
+                        else f", complete by step {schedule.finish_step}")
+            self._say(f"schedule for {total} weight steps: warm-up {schedule.warmup_steps} "
+                      f"steps, an ADMM update every {schedule.update_every} steps{per}"
+                      f"{deadline}")
 
     def _resource_model(self) -> None:
         """The normalised resource model of each constraint, in the gates' order."""
@@ -186,65 +264,6 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         loss = _keras.keras_of(self.model).losses.get(loss) if isinstance(loss, str) else loss
         return per_example_loss(loss)
 
-    def _check_alpha_data(self) -> None:
-        """Checks alpha_data's first batch against the model's inputs and the loss, so that a
-        mismatch is reported when ``fit`` begins rather than at the first ADMM iteration."""
-        try:
-            first = next(iter(self.alpha_data))
-        except StopIteration:
-            raise ValueError("alpha_data yielded no batch.") from None
-        if not isinstance(first, (tuple, list)) or not 2 <= len(first) <= 3:
-            raise ValueError(f"alpha_data must yield (x, y) or (x, y, sample_weight) batches; "
-                             f"its first batch is {_describe(first)}.")
-        x, y = first[:2]
-        inputs = _keras.model_inputs(self.model)
-        names = [_keras.input_name(t) for t in inputs]
-        if isinstance(x, Mapping):
-            missing = [n for n in names if n not in x]
-            if missing:
-                raise ValueError(f"alpha_data's x has keys {sorted(x)}; the model's inputs are "
-                                 f"{names} (missing {missing}).")
-            given = [x[n] for n in names]
-        else:
-            given = tf.nest.flatten(x)
-        if len(given) != len(inputs):
-            raise ValueError(f"alpha_data's x is {_describe(x)}; the model has {len(inputs)} "
-                             f"input(s) {names}.")
-        for name, tensor, value in zip(names, inputs, given):
-            expected = _keras.shape_of(tensor)
-            if not tf.TensorShape(expected).is_compatible_with(_shape(value)):
-                raise ValueError(f"alpha_data's x for the model input {name!r} has shape "
-                                 f"{_shape(value)}; the model expects {expected} (None: any "
-                                 f"size).")
-        output = self.model(x, training=False)
-        try:
-            self._loss_fn(y, output)
-        except (ValueError, TypeError, tf.errors.OpError) as error:
-            raise ValueError(f"The keep-ratio loss fails on alpha_data's first batch: y is "
-                             f"{_describe(y)}, the model's output {_describe(output)}. "
-                             f"{type(error).__name__}: {error}") from error
-
-    def _alpha_batches(self, start: int) -> Iterator:
-        """An endless iterator over alpha_data from batch ``start`` on. One batch is read per
-        ADMM iteration, so starting at the iteration count makes a resumed fit read the
-        batches the uninterrupted one would have read."""
-        data = self.alpha_data
-        if isinstance(data, tf.data.Dataset):
-            return iter(data.repeat().skip(start))
-        if isinstance(data, Sized) and len(data):
-            start %= len(data)
-
-        def forever() -> Iterator:
-            while True:
-                empty = True
-                for batch in data:
-                    empty = False
-                    yield batch
-                if empty:
-                    raise ValueError("alpha_data yielded no batch.")
-
-        return itertools.islice(forever(), start, None)
-
     # ------------------------------------------------------------- the phases
     def _phase(self) -> int:
         return int(self.gates[0].mode.numpy())
@@ -253,61 +272,144 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         for gate in self.gates:
             gate.mode.assign(phase)
 
+    def _step(self, batch: int) -> int:
+        """The weight step of the fit's schedule (epochs counted from the fit's first)."""
+        return self._epoch * int(self._steps_per_epoch or 0) + batch
+
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._epoch = epoch  # for error messages only
-        if self._phase() == OPEN and epoch >= self.warmup_epochs:
-            refresh_importance(self.model)
-            self._set_phase(STOCHASTIC)
-            self._say(f"allocation starts at epoch {epoch + 1}")
+        self._epoch = epoch
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if self._phase() == OPEN and self.schedule is not None \
+                and self._step(batch) >= self.schedule.warmup_steps:
+            refresh_importance(self.model)
+            self._set_phase(STOCHASTIC)
+            self._say(f"allocation starts at epoch {self._epoch + 1}, step {batch + 1}")
         if self._phase() == STOCHASTIC:
             self._resample()
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._seen = max(self._seen, batch + 1)
         loss = (logs or {}).get("loss")
         if loss is not None and not np.all(np.isfinite(loss)):
             raise FloatingPointError(self._failure(f"the training loss is {np.asarray(loss)}",
                                                    batch))
-        if self._phase() != STOCHASTIC or int(self.gates[0].step.numpy()) % self.update_every:
+        if self._phase() != STOCHASTIC or self.schedule is None:
             return
-        if self._batches is None:
-            self._batches = self._alpha_batches(int(self.gates[0].admm_step.numpy()))
-        x, y = next(self._batches)[:2]
-        if not bool(self._update(x, y)):
-            raise FloatingPointError(self._failure(
-                "the keep-ratio update on the next alpha_data batch is not finite (it was not "
-                "applied)", batch))
-        hard = self._ratios(hard=True)
-        if all(hard[n] <= self.gates[0].budget[n] for n in self.resources):
-            refresh_importance(self.model)
-            for gate in self.gates:
-                gate.mask.assign(gate.top_k_mask())
-            self._set_phase(FROZEN)
-            summary = ", ".join(f"{n} {hard[n]:.4f} <= {self.gates[0].budget[n]:.4f}"
-                                for n in self.resources)
-            self._say(f"budget met after {int(self.gates[0].admm_step.numpy())} ADMM "
-                      f"iterations ({summary}); masks frozen, fine-tuning")
+        if int(self.gates[0].step.numpy()) % self.schedule.update_every == 0:
+            for i in range(self.schedule.iterations_per_update):
+                if i:  # each iteration of an update on its own mask sample
+                    self._resample()
+                self._iterate(batch)
+                if self._meets_budget():
+                    self._freeze(BY_ALLOCATION)
+                    return
+        finish = self.schedule.finish_step
+        if finish is not None and self._step(batch) + 1 >= finish:
+            self._complete(f"by step {finish} of the fit ({self.finish_by:.0%} of its steps)")
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.schedule is None and epoch == 0:  # steps per epoch counted in the first epoch
+            self._steps_per_epoch = self._seen
+            self._plan(self._seen, counted=True)
         if self._phase() == STOCHASTIC:
             for gate in self.gates:
                 gate.beta2.assign(gate.beta2 * self.beta2_growth)
+            ends = epoch + 1 >= self._epochs or getattr(self.model, "stop_training", False)
+            if ends and self.finish_by is not None:
+                self._complete("when fit ended")
         if logs is not None:
             logs["dsa_phase"] = float(self._phase())
             logs["dsa_beta2"] = float(self.gates[0].beta2.numpy())
+            logs["dsa_admm_iterations"] = float(self.gates[0].admm_step.numpy())
+            logs["dsa_completed"] = float(int(self.gates[0].frozen_by.numpy()) == BY_COMPLETION)
             expected, hard = self._ratios(hard=False), self._ratios(hard=True)
             for name in self.resources:
                 logs[f"dsa_{name}_expected"] = expected[name]
                 logs[f"dsa_{name}_hard"] = hard[name]
 
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self._phase() != STOCHASTIC:
+            return
+        if self.finish_by is not None:
+            self._complete("when fit ended")
+            return
+        hard = self._ratios(hard=True)
+        warnings.warn(
+            f"DSACallback: fit ended in the allocation phase, the budget not met yet "
+            f"({self._over_budget(hard)}; finish_by=None). Continue with another fit (the "
+            f"allocation resumes), or strip(gated) gives an over-budget model.", stacklevel=2)
+
     # ------------------------------------------------------------ the updates
-    def _ratios(self, hard: bool) -> dict[str, float]:
+    def _iterate(self, batch: int) -> None:
+        if self._batches is None:
+            self._batches = alpha_batches(self.alpha_data,
+                                          int(self.gates[0].admm_step.numpy()))
+        x, y = next(self._batches)[:2]
+        if not bool(self._update(x, y)):
+            raise FloatingPointError(self._failure(
+                "the keep-ratio update on the next alpha_data batch is not finite (it was not "
+                "applied)", batch))
+
+    def _meets_budget(self, hard: dict[str, float] | None = None) -> bool:
+        hard = hard or self._ratios(hard=True)
+        return all(hard[n] <= self.gates[0].budget[n] for n in self.resources)
+
+    def _over_budget(self, hard: dict[str, float]) -> str:
+        return ", ".join(f"{n} {hard[n]:.4f} of a {self.gates[0].budget[n]:.4f} budget"
+                         for n in self.resources)
+
+    def _freeze(self, frozen_by: int) -> None:
+        """Freezes the top-k masks, re-estimates the BatchNorm statistics under them."""
+        refresh_importance(self.model)
+        for gate in self.gates:
+            gate.mask.assign(gate.top_k_mask())
+            gate.frozen_by.assign(frozen_by)
+        self._set_phase(FROZEN)
+        if self.bn_batches:
+            reestimate_batchnorm(self.model, self.alpha_data, self.bn_batches)
+        hard = self._ratios(hard=True)
+        summary = ", ".join(f"{n} {hard[n]:.4f} <= {self.gates[0].budget[n]:.4f}"
+                            for n in self.resources)
+        how = "budget met" if frozen_by == BY_ALLOCATION else "allocation completed"
+        self._say(f"{how} after {int(self.gates[0].admm_step.numpy())} ADMM iterations "
+                  f"({summary}); masks frozen, fine-tuning")
+
+    def _complete(self, when: str) -> None:
+        """Meets the budget now: lowers every keep-ratio logit by the smallest common shift
+        whose hard configuration meets every budget, freezes and warns."""
+        before = self._over_budget(self._ratios(hard=True))
+        low, high = 0.0, 64.0  # at -64 every group is at its smallest kept count
+        thetas = [float(g.theta.numpy()) for g in self.gates]
+        for _ in range(40):
+            mid = 0.5 * (low + high)
+            if self._meets_budget(self._ratios(hard=True, shift=mid)):
+                high = mid
+            else:
+                low = mid
+        while True:  # the float32 logits as assigned must meet it, not only the bisection's
+            for gate, theta in zip(self.gates, thetas):
+                gate.theta.assign(theta - high)
+            if self._meets_budget():
+                break
+            high += 1e-4
+        iterations = int(self.gates[0].admm_step.numpy())
+        self._freeze(BY_COMPLETION)
+        warnings.warn(
+            f"DSACallback: the allocation had not met the budget {when} ({before} after "
+            f"{iterations} ADMM iterations). It was completed by lowering every keep-ratio "
+            f"logit by {high:.3f} (the groups keep their learned order), masks frozen. For an "
+            f"allocation that meets the budget by itself, give fit more epochs, or leave "
+            f"warmup_epochs and update_every at None so the schedule follows the fit.",
+            stacklevel=2)
+
+    def _ratios(self, hard: bool, shift: float = 0.0) -> dict[str, float]:
         ratios = []
         for gate in self.gates:
-            a = gate.keep_ratio()
+            a = tf.sigmoid(tf.convert_to_tensor(gate.theta) - shift)
             if hard:
-                a = tf.cast(gate.kept_count(), tf.float32) / gate.channels
+                a = tf.cast(keep_process.kept_count(a, gate.channels, gate.min_channels,
+                                                    gate.round_to), tf.float32) / gate.channels
             ratios.append(a)
         values = admm.resource_ratios(tf.stack(ratios), self.A, self.b, self.c).numpy()
         return {name: float(v) for name, v in zip(self.resources, values)}
@@ -315,15 +417,20 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
     def _admm_update(self, x: Any, y: Any) -> tf.Tensor:
         """One ADMM iteration on the batch (x, y), applied only if its result is finite.
 
+        The Theta step's training-mode forward pass would update the BatchNorm moving
+        statistics with the alpha batch under a random mask: they are restored, as are the
+        model's other non-trainable variables.
+
         Returns:
-            Whether it was finite. If not, the gates are left as they were, and the model's
-            other non-trainable variables (BatchNorm statistics, which the Theta step's
-            training-mode forward pass updates) are restored.
+            Whether it was finite. If not, the gates are left as they were.
         """
         in_gates = {id(v) for gate in self.gates for v in gate.weights}
         others = [v for v in self.model.non_trainable_variables if id(v) not in in_gates]
         saved = [tf.identity(tf.convert_to_tensor(v)) for v in others]
         grads = keep_ratio_gradients(self.model, self._loss_fn, x, y)
+        with tf.control_dependencies(grads):
+            for variable, value in zip(others, saved):
+                variable.assign(value)
         thetas = [_keras.tf_variable(gate.theta) for gate in self.gates]
         first = self.gates[0]
         state = admm.ADMMState(
@@ -345,19 +452,14 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
                 gate.admm_step.assign(new.step)
             return tf.constant(True)
 
-        def restore() -> tf.Tensor:
-            for variable, value in zip(others, saved):
-                variable.assign(value)
-            return tf.constant(False)
-
-        return tf.cond(finite, commit, restore)
+        return tf.cond(finite, commit, lambda: tf.constant(False))
 
     def _stack(self, name: str) -> tf.Tensor:
         return tf.stack([tf.convert_to_tensor(getattr(g, name)) for g in self.gates])
 
     def _failure(self, what: str, batch: int) -> str:
         return (f"DSACallback stopped fit: {what} at epoch {self._epoch + 1}, batch {batch + 1}, "
-                f"in the {PHASES[self._phase()]} phase (after "
+                f"in the {PHASE_NAMES[self._phase()]} phase (after "
                 f"{int(self.gates[0].admm_step.numpy())} ADMM iterations). The gates keep their "
                 f"last finite state; resume from a checkpoint (keras.callbacks.BackupAndRestore "
                 f"keeps its backup) with a lower learning rate or clean data.")
@@ -365,21 +467,6 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
     def _say(self, message: str) -> None:
         if self.verbose:
             print(f"DSA: {message}", flush=True)
-
-
-def _shape(value: Any) -> tuple:
-    """The shape of an array, tensor or nested list, as a tuple."""
-    return tuple(value.shape) if hasattr(value, "shape") else np.shape(value)
-
-
-def _describe(value: Any) -> str:
-    """A batch or part of one, for error messages: its structure and shapes."""
-    if isinstance(value, (tuple, list)):
-        parts = ", ".join(_describe(v) for v in value)
-        return f"a {type(value).__name__} of {len(value)} ({parts})"
-    if isinstance(value, Mapping):
-        return f"a dict with keys {sorted(value)}"
-    return f"an array of shape {_shape(value)}"
 
 
 def _steps_per_execution(model: Any) -> int:

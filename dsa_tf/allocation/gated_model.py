@@ -17,20 +17,9 @@ from typing import Any
 import tensorflow as tf
 
 from dsa_tf.allocation.gates import is_gate
+from dsa_tf.allocation.importance import layer_importance
 
-
-def _layer_importance(layer: Any) -> tf.Tensor:
-    """|gamma| of a BatchNorm, or the L1 norm of each output filter of a conv / Dense."""
-    kind = type(layer).__name__
-    if kind == "BatchNormalization":
-        if layer.gamma is None:
-            return tf.ones(layer.beta.shape, dtype=layer.beta.dtype)
-        return tf.abs(tf.convert_to_tensor(layer.gamma))
-    kernel = layer.pointwise_kernel if kind.startswith("Separable") else layer.kernel
-    kernel = tf.abs(tf.convert_to_tensor(kernel))
-    out_axis = kernel.shape.rank - (2 if "Transpose" in kind else 1)
-    axes = [a for a in range(kernel.shape.rank) if a != out_axis]
-    return tf.reduce_sum(kernel, axis=axes)
+KEEP_ALL_MARGIN = 1e-7
 
 
 def gates_of(model: Any) -> list:
@@ -44,7 +33,7 @@ def refresh_importance(model: Any) -> None:
     A group with several sources (the BatchNorms of a residual stage) averages them.
     """
     for gate in gates_of(model):
-        values = [_layer_importance(model.get_layer(n)) for n in gate.importance_sources]
+        values = [layer_importance(model.get_layer(n)) for n in gate.importance_sources]
         if values:
             gate.importance.assign(tf.add_n(values) / len(values))
 
@@ -77,16 +66,27 @@ def keep_ratios(model: Any) -> dict[str, float]:
 
 
 def set_keep_ratios(model: Any, ratios: Mapping[str, float]) -> None:
-    """Sets the keep ratio of the named groups (0 < ratio < 1; theta = logit(ratio)).
+    """Sets the keep ratio of the named groups (0 < ratio <= 1; theta = logit(ratio)).
+
+    A ratio of 1 keeps every channel of the group (theta is set to logit(1 - 1e-7), which
+    keeps all channels of any group of fewer than 5 million).
 
     Raises:
-        ValueError: an unknown group name or a ratio outside (0, 1).
+        ValueError: an unknown group name or a ratio outside (0, 1].
+
+    Example:
+        >>> import dsa_tf
+        >>> gated = dsa_tf.prune_to_budget(dsa_tf.models.cifar_resnet(20), budget=0.5)
+        >>> dsa_tf.set_keep_ratios(gated, {"stem_conv": 1.0})
+        >>> [r["kept"] for r in dsa_tf.allocation_report(gated)][:1]
+        [16]
     """
     gates = {gate.group: gate for gate in gates_of(model)}
     for name, ratio in ratios.items():
         if name not in gates:
             raise ValueError(f"No gated group {name!r}; gated groups are {sorted(gates)}.")
-        if not 0 < float(ratio) < 1:
-            raise ValueError(f"Keep ratio of {name!r} must be in (0, 1), got {ratio}.")
+        if not 0 < float(ratio) <= 1:
+            raise ValueError(f"Keep ratio of {name!r} must be in (0, 1], got {ratio}.")
     for name, ratio in ratios.items():
+        ratio = min(float(ratio), 1 - KEEP_ALL_MARGIN)
         gates[name].theta.assign(math.log(ratio / (1 - ratio)))

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -58,8 +59,25 @@ def strip(model: Any, keep: Mapping[str, Iterable[int]] | None = None, *,
     gates = [layer for layer in model.layers if is_gate(layer)]
     exclude = tuple(exclude) or (tuple(gates[0].exclude) if gates else ())
     if keep is None:
-        keep = gate_keep(analyze(model, exclude))
+        plan = analyze(model, exclude)
+        keep = gate_keep(plan)
+        budget = gates[0].budget
+        hard = resource_fractions(plan, keep, list(budget))
+        over = [f"{name} {hard[name]:.4f} > {value:.4f}" for name, value in budget.items()
+                if hard[name] > value]
+        if over:
+            warnings.warn(f"strip: the gated model's hard configuration is over its budget "
+                          f"({', '.join(over)}): its allocation has not met the budget yet "
+                          f"(see dsa_tf.budget_status).", stacklevel=2)
     return structure_strip.strip(model, keep, exclude=exclude)
+
+
+def resource_fractions(plan: ChannelPlan, keep: Mapping[str, Iterable[int]],
+                       resources: list[str]) -> dict[str, float]:
+    """Each resource of the model that keeps ``keep``, as a fraction of the full model's."""
+    ratios = plan.keep_ratios(keep)
+    ones = np.ones(len(plan.prunable))
+    return {name: getattr(plan, name)(ratios) / getattr(plan, name)(ones) for name in resources}
 
 
 def gate_group(plan: ChannelPlan, fc: FlatCall) -> tuple[int, np.ndarray, np.ndarray]:

@@ -13,6 +13,9 @@ leaves them alone, traced train functions see every change, and checkpoints carr
   :func:`dsa_tf.allocation.gated_model.resample_masks`), the frozen mask after the allocation;
 * ``mode``: 0 open (warm-up), 1 stochastic (allocation), 2 frozen (the allocation ended:
   ``mask`` is used in training and inference);
+* ``frozen_by``: 0 while not frozen, 1 when the allocation met the budget, 2 when
+  :class:`dsa_tf.DSACallback` completed an allocation that had not met it in time, 3 when
+  :func:`dsa_tf.apply_allocation` froze a given allocation;
 * the group's ADMM state (``z``, ``u2``, ``adam_m``, ``adam_v``) and, identical in every gate
   of a model, the shared part (``u1`` per constraint, ``loss_grad_sq``, ``admm_step``): see
   :mod:`dsa_tf.allocation.admm`. :class:`dsa_tf.DSACallback` reads and writes them.
@@ -44,6 +47,9 @@ from dsa_tf._keras import default_keras
 from dsa_tf.allocation import keep_process
 
 OPEN, STOCHASTIC, FROZEN = 0, 1, 2
+PHASE_NAMES = {OPEN: "warm-up", STOCHASTIC: "allocation", FROZEN: "fine-tuning"}
+# frozen_by: the budget met by the ADMM, completed by DSACallback, or a given allocation
+BY_ALLOCATION, BY_COMPLETION, BY_ASSIGNMENT = 1, 2, 3
 
 
 def make_gate_class(keras: Any) -> type:
@@ -110,6 +116,21 @@ def make_gate_class(keras: Any) -> type:
                                                     initializer=init))
             self.u1 = self.add_weight(name="u1", shape=(max(1, len(self.budget)),),
                                       trainable=False, initializer="zeros")
+            self.frozen_by = self.add_weight(name="frozen_by", shape=(), trainable=False,
+                                             dtype="int64", initializer="zeros")
+
+        def load_own_variables(self, store: Any) -> None:
+            """Loads a saved gate. Gates saved before ``frozen_by`` existed lack it: a frozen
+            one then counts as frozen by the allocation."""
+            variables = list(self.weights)
+            if not len(variables) - 1 <= len(store.keys()) <= len(variables):
+                raise ValueError(f"Gate {self.name!r} expected {len(variables)} variables, the "
+                                 f"file holds {len(store.keys())}.")
+            for i, variable in enumerate(variables[:len(store.keys())]):
+                variable.assign(store[f"{i}"])
+            if len(store.keys()) < len(variables):
+                frozen = int(tf.convert_to_tensor(self.mode)) == FROZEN
+                self.frozen_by.assign(BY_ALLOCATION if frozen else 0)
 
         def keep_ratio(self) -> tf.Tensor:
             """The current keep ratio a = sigmoid(theta)."""

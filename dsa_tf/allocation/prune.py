@@ -10,71 +10,19 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
 from dsa_tf import _keras
+from dsa_tf.allocation.budget import validated_budget
 from dsa_tf.allocation.gated_model import refresh_importance
 from dsa_tf.allocation.gates import gate_class
-from dsa_tf.structure.graph import ChannelPlan, FlatCall, analyze, resolve
+from dsa_tf.allocation.importance import importance_sources
+from dsa_tf.structure.graph import ChannelPlan, FlatCall, resolve
 from dsa_tf.structure.rules import Depthwise, Through
 from dsa_tf.structure.strip import rebuild
-
-RESOURCES = ("flops", "params")
-
-
-def budget_fractions(plan: ChannelPlan, budget: float | Mapping[str, float],
-                     resource: str = "flops", min_channels: int = 1,
-                     round_to: int = 1) -> dict[str, float]:
-    """Validates a budget and returns it as fractions of the model's resources.
-
-    Args:
-        plan: the model's channel plan.
-        budget: a fraction (0 < budget <= 1) or an absolute count (> 1) of ``resource``, or a
-            dict ``{"flops": 0.5, "params": 0.4}`` of constraints that must all hold.
-        resource: "flops" or "params", when ``budget`` is a number.
-        min_channels: the fewest channels every group keeps.
-        round_to: groups keep multiples of this many channels (or all of them).
-
-    Raises:
-        ValueError: for an unknown resource, a budget that is not a positive finite number, an
-            absolute budget above the model's resource, or a budget below the smallest value
-            reachable with ``min_channels`` channels (rounded up to a multiple of ``round_to``)
-            in every prunable group (the message states that minimum).
-    """
-    constraints = dict(budget) if isinstance(budget, Mapping) else {resource: budget}
-    if not constraints:
-        raise ValueError("budget is an empty dict; give at least one of 'flops', 'params'.")
-    if not plan.prunable:
-        raise ValueError(f"{plan.model.name!r} has no prunable channel group; "
-                         f"dsa_tf.analyze(model) lists every group and why it is not prunable.")
-    fewest = -(-max(min_channels, 1) // round_to) * round_to
-    lowest = np.array([min(1.0, fewest / g.channels) for g in plan.prunable])
-    fractions = {}
-    for name, value in constraints.items():
-        if name not in RESOURCES:
-            raise ValueError(f"Unknown resource {name!r}; use one of {RESOURCES}.")
-        model_of = getattr(plan, name)
-        full = model_of(np.ones(len(plan.prunable)))
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
-                or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"The {name} budget must be a positive finite number, got {value!r}.")
-        fraction = float(value) if value <= 1 else float(value) / full
-        if fraction > 1:
-            raise ValueError(f"The {name} budget {value:,} exceeds the model's {full:,.0f} {name} "
-                             f"(a budget above 1 is an absolute count; a share is in (0, 1]).")
-        reachable = model_of(lowest) / full
-        if fraction < reachable:
-            given = f"{fraction:.4f}" if value <= 1 else f"{value:,} ({fraction:.4f})"
-            raise ValueError(
-                f"The {name} budget {given} (of the model's {full:,.0f}) cannot be met: with "
-                f"min_channels={min_channels}, round_to={round_to} in every prunable group the "
-                f"smallest reachable value is {reachable:.4f} ({model_of(lowest):,.0f} {name}).")
-        fractions[name] = fraction
-    return fractions
 
 
 def prune_to_budget(model: Any, budget: float | Mapping[str, float], *,
@@ -108,12 +56,7 @@ def prune_to_budget(model: Any, budget: float | Mapping[str, float], *,
         >>> len(dsa_tf.keep_ratios(gated))
         12
     """
-    if min_channels < 1:
-        raise ValueError(f"min_channels must be at least 1, got {min_channels}.")
-    if isinstance(round_to, bool) or not isinstance(round_to, (int, np.integer)) or round_to < 1:
-        raise ValueError(f"round_to must be a positive integer, got {round_to!r}.")
-    plan = analyze(model, exclude)
-    fractions = budget_fractions(plan, budget, resource, min_channels, int(round_to))
+    plan, fractions = validated_budget(model, budget, resource, min_channels, round_to, exclude)
     ChannelGate = gate_class(_keras.keras_of(model))
     base_seed = 0 if seed is None else int(seed)
     gates = {
@@ -179,21 +122,7 @@ def _gate(plan: ChannelPlan, gates: dict, tensor: Any, channel_map: Any) -> Any:
 
 
 def _set_importance_sources(plan: ChannelPlan, gates: dict, new_layers: dict) -> None:
-    """Each gate's importance comes from its group's BatchNorms, else its producers' filters."""
-    batch_norms: dict[str, list[str]] = {}
-    producers: dict[str, list[str]] = {}
-    for fc in plan.calls:
-        if fc.opaque or not fc.out_maps or fc.out_maps[0] is None:
-            continue
-        groups = np.unique(plan.group_of_space[fc.out_maps[0].spaces]).tolist()
-        if len(groups) != 1 or not plan.groups[groups[0]].prunable:
-            continue
-        group = plan.groups[groups[0]].name
-        new_name = new_layers[id(fc.op)].name
-        kind = type(fc.op).__name__
-        if kind == "BatchNormalization":
-            batch_norms.setdefault(group, []).append(new_name)
-        elif fc.name in plan.groups[groups[0]].producers:
-            producers.setdefault(group, []).append(new_name)
-    for name, gate in gates.items():
-        gate.importance_sources = batch_norms.get(name) or producers.get(name, [])
+    """Each gate's importance comes from its group's BatchNorms, else its producers' filters
+    (:func:`dsa_tf.allocation.importance.importance_sources`), as layers of the gated copy."""
+    for name, sources in importance_sources(plan).items():
+        gates[name].importance_sources = [new_layers[id(fc.op)].name for fc in sources]

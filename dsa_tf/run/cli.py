@@ -44,7 +44,7 @@ def _define_run_flags() -> None:
             flags.DEFINE_list(field.name, [str(v) for v in value], help_text)
         elif isinstance(value, bool):
             flags.DEFINE_boolean(field.name, value, help_text)
-        elif isinstance(value, int) or field.name == "image_size":
+        elif isinstance(value, int) or str(field.type).startswith("int"):
             flags.DEFINE_integer(field.name, value, help_text)
         elif isinstance(value, float):
             flags.DEFINE_float(field.name, value, help_text)

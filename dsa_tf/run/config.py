@@ -1,12 +1,14 @@
 """RunConfig: everything one pruning run needs, and the named schedules ``paper`` and ``quick``.
 
 ``paper`` is DSA's schedule (Ning et al., ECCV 2020): on CIFAR-sized data 300 epochs, batch 128,
-SGD momentum 0.9, lr 0.05 divided by 10 at epochs 120/180/240, weight decay 4e-5, 20 warm-up
-epochs, one ADMM iteration per 20 weight steps; on ImageNet-sized data (images larger than
-64x64, or a dataset named imagenet*) 120 epochs, batch 256, lr 0.1 divided by 10 at 50/80/110, 15
-warm-up epochs (weight decay 1e-4, which the paper does not state: the usual value for ImageNet
-ResNets). ``quick`` is sized for a CPU: a ResNet-8 on the whole training set for 8 epochs
-(cosine learning rate, one warm-up epoch, an ADMM iteration every 2 steps), minutes not days.
+SGD momentum 0.9, lr 0.05 divided by 10 at epochs 120/180/240, weight decay 4e-5, and DSA's
+phases planned from the fit's length (:mod:`dsa_tf.allocation.schedule`), which at 300 epochs
+gives the paper's 20 warm-up epochs and one ADMM iteration per 20 weight steps; on
+ImageNet-sized data (images larger than 64x64, or a dataset named imagenet*) 120 epochs, batch
+256, lr 0.1 divided by 10 at 50/80/110, 15 warm-up epochs (weight decay 1e-4, which the paper
+does not state: the usual value for ImageNet ResNets). ``quick`` is sized for a CPU: a
+ResNet-8 on the whole training set for 8 epochs (cosine learning rate), minutes not days, with
+the phases planned by the same rule. ``--warmup_epochs`` and ``--update_every`` override it.
 
 Example:
     >>> config = preset("quick", dataset="cifar10", budget=0.5)
@@ -66,8 +68,12 @@ class RunConfig:
         0.1, "Share of the training images held out for the keep-ratio steps.")
     epochs: int = _setting(
         300, "Training epochs in total (warm-up, allocation and fine-tuning).")
-    warmup_epochs: int = _setting(20, "Plain-training epochs before the allocation starts.")
-    update_every: int = _setting(20, "Weight steps per ADMM iteration.")
+    warmup_epochs: int | None = _setting(
+        None, "Plain-training epochs before the allocation starts (default: 1/15 of the "
+        "training, the paper's 20 of 300 epochs; 0 with --init).")
+    update_every: int | None = _setting(
+        None, "Weight steps per ADMM iteration (default: planned from the run's length; the "
+        "paper's 20 when it is long enough).")
     batch_size: int = _setting(128, "Training batch size.")
     lr: float = _setting(0.05, "Initial learning rate of SGD with momentum.")
     lr_schedule: str = _setting(
@@ -78,6 +84,11 @@ class RunConfig:
     weight_decay: float = _setting(
         4e-5, "Decoupled weight decay of the optimizer (scaled by the learning rate).")
     seed: int = _setting(0, "Seed of the split, the initial weights, the masks and the shuffles.")
+    reference: bool = _setting(
+        False, "Also train the unpruned network on the same schedule (same data, initial "
+        "weights, seed and epochs) and report its test accuracy beside the pruned model's: "
+        "what pruning cost. It doubles the training time. With --init the pre-trained model "
+        "is the reference instead.")
     int8: bool = _setting(True, "Also export and verify a full-integer TFLite model.")
     latency_runs: int = _setting(
         20, "Timed rounds per model in the LiteRT latency measurement.")
@@ -85,12 +96,15 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.lr_schedule not in SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}.")
-        if self.warmup_epochs < 0 or self.epochs <= self.warmup_epochs:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}.")
+        if self.warmup_epochs is not None and (
+                self.warmup_epochs < 0 or self.epochs <= self.warmup_epochs):
             raise ValueError(f"epochs ({self.epochs}) must exceed warmup_epochs "
                              f"({self.warmup_epochs}), which must be >= 0, so that allocation "
                              f"and fine-tuning have epochs to run in.")
         for name in ("update_every", "batch_size", "round_to", "latency_runs"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if not 0 < self.alpha_fraction < 1:
             raise ValueError(f"alpha_fraction must be in (0, 1), got {self.alpha_fraction}.")
@@ -124,16 +138,13 @@ def preset(name: str, **overrides: Any) -> RunConfig:
         if is_imagenet_sized(dataset, overrides.get("image_size")):
             values: dict[str, Any] = dict(
                 model="ResNet50", epochs=120, batch_size=256, lr=0.1, lr_schedule="step",
-                lr_boundaries=(50, 80, 110), warmup_epochs=15, update_every=20,
-                weight_decay=1e-4)
+                lr_boundaries=(50, 80, 110), warmup_epochs=15, weight_decay=1e-4)
         else:
             values = dict(model="resnet20", epochs=300, batch_size=128, lr=0.05,
-                          lr_schedule="step", lr_boundaries=(120, 180, 240), warmup_epochs=20,
-                          update_every=20, weight_decay=4e-5)
+                          lr_schedule="step", lr_boundaries=(120, 180, 240), weight_decay=4e-5)
     elif name == "quick":
         values = dict(model="resnet8", epochs=8, batch_size=128, lr=0.05, lr_schedule="cosine",
-                      warmup_epochs=1, update_every=2, weight_decay=5e-4, train_examples=0,
-                      latency_runs=10)
+                      weight_decay=5e-4, train_examples=0, latency_runs=10)
     else:
         raise ValueError(f"Unknown config {name!r}; use 'paper' or 'quick'.")
     values.update(overrides)

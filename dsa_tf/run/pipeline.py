@@ -2,14 +2,16 @@
 
 Phases (each timed and announced on one line): data, model (and the evaluation of a
 pre-trained reference), training (warm-up, allocation, fine-tuning in one ``model.fit`` with
-:class:`dsa_tf.DSACallback`), strip, evaluation, TFLite export (float32 and int8, verified
+:class:`dsa_tf.DSACallback`), with ``reference`` the unpruned network trained on the same
+schedule, strip, evaluation, TFLite export (float32 and int8, verified
 against Keras) and LiteRT latency of the unpruned and the stripped model side by side.
 
 The run directory holds ``config.json``, ``history.csv``, ``backup/`` (Keras BackupAndRestore:
 the same call, or the same ``dsa-tf prune`` command, resumes an interrupted training at the
 last finished epoch), ``gated.keras`` (the trained gated model; a run that finished training
 skips it when started again), ``stripped.keras``, ``unpruned*.tflite``, ``stripped*.tflite``,
-``report.json``, ``allocation.png`` and, when TensorBoard is installed, ``tensorboard/``.
+``report.json``, ``allocation.png``, ``reference.keras`` (the unpruned network trained on the
+same schedule, with ``--reference``) and, when TensorBoard is installed, ``tensorboard/``.
 
 Example (the quick schedule on CIFAR-10, about 10 minutes on 2 CPU cores)::
 
@@ -37,7 +39,7 @@ from dsa_tf.allocation.callback import DSACallback
 from dsa_tf.allocation.gated_model import gates_of
 from dsa_tf.allocation.gated_strip import strip
 from dsa_tf.allocation.prune import prune_to_budget
-from dsa_tf.allocation.report import allocation_report
+from dsa_tf.allocation.report import allocation_report, budget_status
 from dsa_tf.deploy.export import export_tflite
 from dsa_tf.deploy.timing import compare_tflite_latency
 from dsa_tf.deploy.verify import ExportVerificationError
@@ -105,6 +107,13 @@ def run_pruning(config: RunConfig, *, callbacks: Sequence[Any] = (), verbose: in
             gated.save(gated_path)
         report["history"] = _read_history(os.path.join(out, "history.csv"))
 
+    if config.reference and not config.init:
+        with log.phase("reference"):
+            model = train_reference(model, config, splits, out, from_logits, verbose)
+            report["unpruned"]["test_accuracy"] = _accuracy(model, splits.test)
+            log.say(f"unpruned reference test accuracy "
+                    f"{report['unpruned']['test_accuracy']:.4f}")
+
     with log.phase("strip"):
         small = strip(gated)
         x = next(iter(splits.test))[0]
@@ -113,6 +122,10 @@ def run_pruning(config: RunConfig, *, callbacks: Sequence[Any] = (), verbose: in
         small.save(os.path.join(out, "stripped.keras"))
         report["allocation"] = allocation_report(gated)
         report["admm_iterations"] = int(gates_of(gated)[0].admm_step.numpy())
+        report["budget_status"] = budget_status(gated)
+        frozen = [int(row["epoch"]) + 1 for row in report["history"]
+                  if row.get("dsa_phase") == 2]
+        report["budget_status"]["epoch"] = min(frozen) if frozen else None
         report["stripped"] = {
             "flops": count_flops(small), "params": count_params(small),
             "strip_max_abs_difference": parity}
@@ -127,9 +140,9 @@ def run_pruning(config: RunConfig, *, callbacks: Sequence[Any] = (), verbose: in
 
     with log.phase("export"):
         calibration = list(splits.representative_batches(max(1, 512 // config.batch_size)))
-        # The unpruned reference for size and latency: the pre-trained model, or the trained
-        # weights at full width (a from-scratch run has no trained unpruned model).
-        reference = model if config.init else strip(gated, keep={
+        # The unpruned reference for size and latency: the pre-trained model or the trained
+        # reference, else the trained weights at full width.
+        reference = model if config.init or config.reference else strip(gated, keep={
             g.name: range(g.channels) for g in analyze(gated).prunable})
         tflite = {}
         for label, keras_model in (("unpruned", reference), ("stripped", small)):
@@ -162,6 +175,29 @@ def run_pruning(config: RunConfig, *, callbacks: Sequence[Any] = (), verbose: in
         print(summary_table(report), flush=True)
         print(f"run directory: {out}", flush=True)
     return report
+
+
+def train_reference(model: Any, config: RunConfig, splits: Any, out: str, from_logits: bool,
+                    verbose: int) -> Any:
+    """The unpruned network trained on the run's schedule (``--reference``).
+
+    ``model`` still holds the initial weights the pruned run started from (prune_to_budget
+    copies it), so the two runs differ only in the pruning. The trained model is saved as
+    ``reference.keras``; a run started again loads it instead of training it again (a
+    reference training that was interrupted starts over).
+    """
+    keras = _keras.keras_of(model)
+    path = os.path.join(out, "reference.keras")
+    if os.path.exists(path):
+        model = keras.models.load_model(path, compile=False)
+    else:
+        keras.utils.set_random_seed(config.seed)
+        _compile(model, config, keras, from_logits, steps_per_epoch=splits.steps_per_epoch)
+        model.fit(splits.train, epochs=config.epochs, verbose=_fit_verbosity(verbose),
+                  shuffle=False)
+        model.save(path)
+    _compile(model, config, keras, from_logits, steps_per_epoch=1)
+    return model
 
 
 def build_model(config: RunConfig, input_shape: tuple[int, ...], num_classes: int,

@@ -75,12 +75,37 @@ def summary_table(report: dict) -> str:
         lines.append("-" * 59)
         lines.append("epochs (phase at epoch end): " + ", ".join(
             f"{name} {span['epochs']} ({span['seconds']:.0f} s)" for name, span in phases.items()))
-    if "admm_iterations" in report:
+    if "budget_status" in report:
+        lines.append(budget_line(report["budget_status"]))
+    elif "admm_iterations" in report:
         lines.append(f"ADMM iterations: {report['admm_iterations']}")
     if report.get("timings_s"):
         lines.append("time (s): " + ", ".join(f"{k} {v:.0f}"
                                              for k, v in report["timings_s"].items()))
     return "\n".join(lines)
+
+
+def budget_line(status: dict) -> str:
+    """One line saying whether and when the budget was met, from a run's budget status.
+
+    Example:
+        >>> print(budget_line({"met": True, "frozen_by": "allocation", "admm_iterations": 67,
+        ...                    "epoch": 2, "hard": {"flops": 0.48}, "budget": {"flops": 0.5}}))
+        budget met by the allocation after 67 ADMM iterations (epoch 2): flops 0.4800 <= 0.5000
+    """
+    resources = ", ".join(f"{name} {status['hard'][name]:.4f} "
+                          f"{'<=' if status['hard'][name] <= value else '>'} {value:.4f}"
+                          for name, value in status["budget"].items())
+    when = f" (epoch {status['epoch']})" if status.get("epoch") else ""
+    iterations = f"after {status['admm_iterations']} ADMM iterations{when}"
+    if status["frozen_by"] == "allocation":
+        return f"budget met by the allocation {iterations}: {resources}"
+    if status["frozen_by"] == "assignment":
+        return f"budget met by the given allocation: {resources}"
+    if status["frozen_by"] == "completion":
+        return (f"budget NOT met by the allocation in time: completed {iterations} by lowering "
+                f"every keep ratio together (see the warning in the log): {resources}")
+    return f"budget NOT met: the allocation is unfinished {iterations}: {resources}"
 
 
 def epoch_phases(history: list[dict]) -> dict[str, dict]:
@@ -122,8 +147,12 @@ def plot_allocation(report: dict, path: str) -> None:
     axes.set_xticklabels([r["group"] for r in rows], rotation=90, fontsize=7)
     axes.set_ylabel("channels")
     config, after = report["config"], report["stripped"]
+    accuracy = ""
+    if "test_accuracy" in after and report["unpruned"].get("test_accuracy") is not None:
+        accuracy = (f"\ntest accuracy {after['test_accuracy']:.2%} (unpruned "
+                    f"{report['unpruned']['test_accuracy']:.2%})")
     axes.set_title(f"{config['model']}: {after['flops_ratio']:.1%} of the FLOPs, "
-                   f"{after['params_ratio']:.1%} of the params")
+                   f"{after['params_ratio']:.1%} of the params{accuracy}")
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)

@@ -1,0 +1,91 @@
+"""Global pruning: one threshold on normalised channel scores, across all groups.
+
+The allocation of network slimming (Liu et al., ICCV 2017: prune every channel whose BN scale
+is below one global percentile) and of Torch-Pruning's ``global_pruning=True`` (Fang et al.,
+CVPR 2023): scores are normalised within each group (divided by the group's mean, so a
+threshold means the same in groups of different scales), and channels are removed in
+ascending order of normalised score, whatever their group, until every budget constraint
+holds. Here the removal stops at the first point of that order where the stripped model meets
+the budget exactly (the resources at integer counts, :func:`dsa_tf.allocation.budget.usage`).
+A group never goes below ``min_channels`` (rounded up to a multiple of ``round_to``); with
+``round_to`` it loses channels in steps that keep its count a multiple of ``round_to`` (the
+first step from a width that is not a multiple goes to the multiple below), and a step's
+score is the highest score it removes, so a threshold t removes, in each group, the most
+channels a legal step allows among those scoring at most t. Steps of equal score (the equal
+|gamma| of an untrained model) go first in the group that has lost the smallest share of its
+channels, so that fully tied scores give a near-uniform allocation rather than emptying the
+first groups.
+
+Example:
+    >>> import numpy as np, dsa_tf
+    >>> from dsa_tf.allocation.budget import budget_fractions
+    >>> plan = dsa_tf.analyze(dsa_tf.models.cifar_resnet(20))
+    >>> scores = {g.name: np.linspace(1, 2, g.channels) for g in plan.prunable}
+    >>> keep = global_allocation(plan, budget_fractions(plan, 0.5), scores)
+    >>> keep["stem_conv"].tolist()[:3]   # channels 0-4, the lowest scores, went first
+    [5, 6, 7]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from dsa_tf.allocation.budget import fewest_counts, meets
+from dsa_tf.allocation.importance import normalised, top_channels
+from dsa_tf.structure.graph import ChannelPlan
+
+
+def global_allocation(plan: ChannelPlan, fractions: Mapping[str, float],
+                      scores: Mapping[str, np.ndarray], min_channels: int = 1,
+                      round_to: int = 1) -> dict[str, np.ndarray]:
+    """The keep dict of a global threshold on normalised ``scores`` that meets the budget.
+
+    Args:
+        plan: the model's channel plan.
+        fractions: the budget as fractions (from
+            :func:`dsa_tf.allocation.budget.budget_fractions`, which checks it is reachable).
+        scores: ``{group_name: per-channel score}`` for every prunable group; higher is more
+            important. Normalised here with :func:`dsa_tf.allocation.importance.normalised`.
+        min_channels: the fewest channels any group keeps.
+        round_to: groups keep multiples of this many channels, or all of them.
+
+    Returns:
+        ``{group_name: sorted kept channel indices}`` for every prunable group.
+    """
+    counts = removal_counts(plan, fractions, normalised(scores), min_channels, round_to)
+    return top_channels(plan, scores, counts)
+
+
+def removal_counts(plan: ChannelPlan, fractions: Mapping[str, float],
+                   scores: Mapping[str, np.ndarray], min_channels: int = 1,
+                   round_to: int = 1) -> np.ndarray:
+    """Kept channel counts (one per prunable group) after removing the lowest-scoring steps
+    until the budget holds: the fewest steps of the global order that meet it (bisection
+    over the number of steps; fewer channels never cost more)."""
+    channels = np.array([g.channels for g in plan.prunable])
+    step_scores, step_shares, step_groups, step_counts = [], [], [], []
+    for k, (group, fewest) in enumerate(zip(plan.prunable, fewest_counts(plan, min_channels,
+                                                                          round_to))):
+        ascending = np.sort(scores[group.name])
+        for count in range((group.channels - 1) // round_to * round_to, fewest - 1, -round_to):
+            step_scores.append(ascending[group.channels - count - 1])
+            step_shares.append(1 - count / group.channels)  # removed after the step
+            step_groups.append(k)
+            step_counts.append(count)
+    order = np.lexsort((np.array(step_shares, dtype=np.float64),
+                        np.array(step_scores, dtype=np.float64)))
+    groups = np.array(step_groups, dtype=np.int64)[order]
+    counts = np.array(step_counts, dtype=np.int64)[order]
+
+    def after(steps: int) -> np.ndarray:
+        kept = channels.copy()
+        np.minimum.at(kept, groups[:steps], counts[:steps])
+        return kept
+
+    low, high = 0, len(order)  # after(high): every group at its fewest, which meets the budget
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if meets(plan, fractions, after(middle)) else (middle + 1, high)
+    return after(high)

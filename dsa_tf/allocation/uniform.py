@@ -1,0 +1,76 @@
+"""uniform_allocation: every prunable group keeps the same share of its channels.
+
+The width multiplier of MobileNets (Howard et al., 2017) and the "uniform" baseline that
+allocation methods such as AMC (He et al., ECCV 2018) compare against: one keep ratio a for
+all groups, the largest that meets the budget. Counts follow the gates' rounding rule
+(k = round(a C), a multiple of ``round_to`` or C, at least ``min_channels``;
+:func:`dsa_tf.allocation.keep_process.kept_count`), and a is found by bisection at those
+integer counts, so the budget holds exactly. Each group keeps its most important channels,
+ranked as DSA's gates rank them (|gamma| of its BatchNorms, else the L1 norms of its
+producers' filters).
+
+Example:
+    >>> import dsa_tf
+    >>> model = dsa_tf.models.cifar_resnet(20)
+    >>> keep = dsa_tf.uniform_allocation(model, 0.5)
+    >>> dsa_tf.count_flops(dsa_tf.strip(model, keep)) <= 0.5 * dsa_tf.count_flops(model)
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from dsa_tf.allocation.budget import meets, validated_budget
+from dsa_tf.allocation.importance import channel_importance, top_channels
+from dsa_tf.allocation.keep_process import kept_count
+
+BISECTIONS = 60  # halvings of [0, 1]: far below the spacing of integer channel ratios
+
+
+def uniform_allocation(model: Any, budget: float | Mapping[str, float], *,
+                       resource: str = "flops", min_channels: int = 1, round_to: int = 1,
+                       exclude: Iterable[str] = ()) -> dict[str, np.ndarray]:
+    """The channels to keep when every prunable group keeps the same ratio.
+
+    Args:
+        model: a functional or Sequential Keras model (Keras 3 or tf_keras); not changed.
+        budget: fraction of the model's resource (0 < budget <= 1), an absolute count, or a
+            dict of several constraints such as ``{"flops": 0.5, "params": 0.4}``, as for
+            :func:`dsa_tf.prune_to_budget`.
+        resource: "flops" or "params" (for a numeric ``budget``).
+        min_channels: the fewest channels any group keeps.
+        round_to: every pruned group keeps a multiple of this many channels, or all of them.
+        exclude: layer names whose channels stay whole (see :func:`dsa_tf.analyze`).
+
+    Returns:
+        ``{group_name: sorted kept channel indices}`` for every prunable group, what
+        :func:`dsa_tf.strip` takes. The stripped model meets every constraint.
+
+    Raises:
+        ValueError: for the budgets :func:`dsa_tf.prune_to_budget` refuses (bad forms, unknown
+            resource, below the reachable minimum, a model without prunable groups).
+
+    Example:
+        >>> import dsa_tf
+        >>> keep = dsa_tf.uniform_allocation(dsa_tf.models.cifar_resnet(20), 0.5, round_to=4)
+        >>> sorted({len(k) for k in keep.values()})
+        [12, 20, 44]
+    """
+    plan, fractions = validated_budget(model, budget, resource, min_channels, round_to, exclude)
+    channels = np.array([g.channels for g in plan.prunable])
+
+    def counts(ratio: float) -> np.ndarray:
+        return np.asarray(kept_count(ratio, channels, int(min_channels), int(round_to)))
+
+    low, high = 0.0, 1.0  # counts(0), the fewest channels, meets the budget (validated)
+    if meets(plan, fractions, counts(high)):
+        low = high
+    else:
+        for _ in range(BISECTIONS):
+            middle = (low + high) / 2
+            low, high = (middle, high) if meets(plan, fractions, counts(middle)) else (low, middle)
+    return top_channels(plan, channel_importance(plan), counts(low))
