@@ -50,8 +50,10 @@ def _gated(keras, seed=1):
 
 
 def _dsa():
-    # alpha_data has 3 batches: a resumed fit must find its place in it (8 per epoch).
-    return dsa_tf.DSACallback(_data(48, seed=1), warmup_epochs=1, update_every=1, verbose=0)
+    # alpha_data has 3 batches: a resumed fit must find its place in it (8 per epoch). No
+    # deadline: these fits end, or are interrupted, in the allocation on purpose.
+    return dsa_tf.DSACallback(_data(48, seed=1), warmup_epochs=1, update_every=1,
+                              finish_by=None, verbose=0)
 
 
 def _fit(gated, callbacks=(), epochs=EPOCHS, dsa=None):
