@@ -41,7 +41,7 @@ from dsa_tf.allocation.gates import (
     PHASE_NAMES,
     STOCHASTIC,
 )
-from dsa_tf.allocation.keep_gradients import keep_ratio_gradients, per_example_loss
+from dsa_tf.allocation.keep_gradients import keep_ratio_gradients, resolve_loss
 from dsa_tf.allocation.schedule import FINISH_BY, Schedule, plan_schedule
 from dsa_tf.structure.graph import analyze
 
@@ -201,7 +201,7 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
                 f"iterations in batch callbacks, which Keras calls once per {steps} steps.")
         self.resources = list(self.gates[0].budget)
         self._resource_model()
-        self._loss_fn = self._resolve_loss()
+        self._loss_fn = resolve_loss(model, self.loss, "DSACallback")
         check_alpha_data(self.alpha_data, model, self._loss_fn)
         self._batches = None  # positioned at the first ADMM iteration of this fit
         if getattr(self, "_traced_for", None) is not model:  # trace once per model
@@ -252,17 +252,6 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         self.b = tf.constant(np.stack([f.b[perm] / t for f, t in zip(forms, full)]), tf.float32)
         self.c = tf.constant([f.c / t for f, t in zip(forms, full)], tf.float32)
         self.budgets = tf.constant([self.gates[0].budget[n] for n in self.resources], tf.float32)
-
-    def _resolve_loss(self) -> Any:
-        loss = self.loss if self.loss is not None else getattr(self.model, "loss", None)
-        if loss is None:
-            raise ValueError("DSACallback needs a loss: compile the model with one, or pass "
-                             "loss=... to DSACallback.")
-        if isinstance(loss, (dict, list, tuple)):
-            raise ValueError("The model has several losses; pass DSACallback(loss=...) for the "
-                             "keep-ratio steps.")
-        loss = _keras.keras_of(self.model).losses.get(loss) if isinstance(loss, str) else loss
-        return per_example_loss(loss)
 
     # ------------------------------------------------------------- the phases
     def _phase(self) -> int:

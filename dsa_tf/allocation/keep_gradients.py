@@ -78,6 +78,26 @@ def _replica_keep_ratio_gradients(model: Any, loss_fn: Any, x: Any, y: Any) -> l
     return context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
 
 
+def resolve_loss(model: Any, loss: Any, caller: str) -> Any:
+    """The per-example loss for keep-ratio or importance gradients: ``loss``, else the
+    model's compiled loss (a name is looked up in Keras' losses).
+
+    Raises:
+        ValueError: no loss at all, or one loss per output (``caller`` names the function to
+            pass ``loss=...`` to).
+    """
+    loss = loss if loss is not None else getattr(model, "loss", None)
+    if loss is None:
+        raise ValueError(f"{caller} needs a loss: compile the model with one, or pass "
+                         f"loss=... (e.g. keras.losses.SparseCategoricalCrossentropy()).")
+    if isinstance(loss, (dict, list, tuple)):
+        raise ValueError(f"The model has one loss per output; pass {caller}(loss=...), a "
+                         f"single loss(y_true, y_pred).")
+    if isinstance(loss, str):
+        loss = _keras.keras_of(model).losses.get(loss)
+    return per_example_loss(loss)
+
+
 def per_example_loss(loss: Any) -> Any:
     """``loss`` giving per-example values, which :func:`keep_ratio_gradients` averages.
 

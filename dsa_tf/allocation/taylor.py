@@ -42,7 +42,7 @@ from dsa_tf.allocation.budget import validated_budget
 from dsa_tf.allocation.gated_model import gates_of
 from dsa_tf.allocation.gates import FROZEN
 from dsa_tf.allocation.global_threshold import global_allocation
-from dsa_tf.allocation.keep_gradients import per_example_loss
+from dsa_tf.allocation.keep_gradients import resolve_loss
 from dsa_tf.allocation.prune import prune_to_budget
 
 
@@ -87,7 +87,7 @@ def taylor_allocation(model: Any, budget: float | Mapping[str, float], data: Ite
         True
     """
     plan, fractions = validated_budget(model, budget, resource, min_channels, round_to, exclude)
-    loss_fn = _loss_function(model, loss)
+    loss_fn = resolve_loss(model, loss, "taylor_allocation")
     scores = taylor_importance(prune_to_budget(model, 1.0, exclude=exclude), loss_fn,
                                _first_batches(data, batches))
     return global_allocation(plan, fractions, scores, int(min_channels), int(round_to))
@@ -134,15 +134,3 @@ def _first_batches(data: Iterable | None, count: Any) -> list[tuple]:
     return [tuple(batch[:2]) for batch in batches]
 
 
-def _loss_function(model: Any, loss: Any) -> Any:
-    """The per-example loss: ``loss``, else the model's compiled loss."""
-    loss = loss if loss is not None else getattr(model, "loss", None)
-    if loss is None:
-        raise ValueError("taylor_allocation needs a loss: compile the model with one, or pass "
-                         "loss=... (e.g. keras.losses.SparseCategoricalCrossentropy()).")
-    if isinstance(loss, (dict, list, tuple)):
-        raise ValueError("The model has one loss per output; pass taylor_allocation(loss=...), "
-                         "a single loss(y_true, y_pred).")
-    if isinstance(loss, str):
-        loss = _keras.keras_of(model).losses.get(loss)
-    return per_example_loss(loss)
