@@ -42,7 +42,7 @@ from dsa_tf.allocation.gates import (
     STOCHASTIC,
 )
 from dsa_tf.allocation.keep_gradients import keep_ratio_gradients, resolve_loss
-from dsa_tf.allocation.schedule import FINISH_BY, Schedule, plan_schedule
+from dsa_tf.allocation.schedule import FINISH_BY, Schedule, check_settings, plan_schedule
 from dsa_tf.structure.graph import analyze
 
 BN_BATCHES = 32
@@ -161,12 +161,7 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
                  rho1: float = admm.RHO1, rho2: float = admm.RHO2,
                  loss_scale: float | None = None, verbose: int = 1):
         super().__init__()
-        if warmup_epochs is not None and warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be >= 0 or None, got {warmup_epochs}.")
-        if update_every is not None and update_every < 1:
-            raise ValueError(f"update_every must be >= 1 or None, got {update_every}.")
-        if finish_by is not None and not 0 < finish_by <= 1:
-            raise ValueError(f"finish_by must be in (0, 1] or None, got {finish_by}.")
+        check_settings(warmup_epochs, update_every, finish_by)
         if bn_batches < 0:
             raise ValueError(f"bn_batches must be >= 0, got {bn_batches}.")
         check_reiterable(alpha_data)

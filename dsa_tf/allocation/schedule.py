@@ -56,6 +56,21 @@ class Schedule:
     finish_step: int | None
 
 
+def check_settings(warmup_epochs: int | None, update_every: int | None,
+                   finish_by: float | None) -> None:
+    """Refuses schedule settings out of range (each may be None: planned from the fit).
+
+    Raises:
+        ValueError: warmup_epochs < 0, update_every < 1, or finish_by outside (0, 1].
+    """
+    if warmup_epochs is not None and warmup_epochs < 0:
+        raise ValueError(f"warmup_epochs must be >= 0 or None, got {warmup_epochs}.")
+    if update_every is not None and update_every < 1:
+        raise ValueError(f"update_every must be >= 1 or None, got {update_every}.")
+    if finish_by is not None and not 0 < finish_by <= 1:
+        raise ValueError(f"finish_by must be in (0, 1] or None, got {finish_by}.")
+
+
 def plan_schedule(epochs: int, steps_per_epoch: int, *, warmup_epochs: int | None = None,
                   update_every: int | None = None,
                   finish_by: float | None = FINISH_BY) -> Schedule:
@@ -84,12 +99,7 @@ def plan_schedule(epochs: int, steps_per_epoch: int, *, warmup_epochs: int | Non
     if epochs < 1 or steps_per_epoch < 1:
         raise ValueError(f"A fit needs epochs >= 1 and steps >= 1, got {epochs} and "
                          f"{steps_per_epoch}.")
-    if warmup_epochs is not None and warmup_epochs < 0:
-        raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}.")
-    if update_every is not None and update_every < 1:
-        raise ValueError(f"update_every must be >= 1, got {update_every}.")
-    if finish_by is not None and not 0 < finish_by <= 1:
-        raise ValueError(f"finish_by must be in (0, 1] or None, got {finish_by}.")
+    check_settings(warmup_epochs, update_every, finish_by)
     total = epochs * steps_per_epoch
     if warmup_epochs is None:
         warmup = round(total * WARMUP_SHARE)
