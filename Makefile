@@ -17,14 +17,17 @@ install: $(STAMP)
 lint: install
 	$(BIN)/ruff check .
 
-# The suite runs twice: under Keras 3 (tf.keras default) and under tf_keras.
+# The suite runs twice: under Keras 3 (tf.keras default) and under tf_keras. `make test` runs
+# the two side by side (most tests spend their time in single-threaded Python: tracing, model
+# building), each flavour's output printed as a block when it ends.
 test-keras3: install
 	$(BIN)/pytest -q -p no:cacheprovider
 
 test-tf-keras: install
 	TF_USE_LEGACY_KERAS=1 $(BIN)/pytest -q -p no:cacheprovider
 
-test: lint test-keras3 test-tf-keras
+test: lint
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-keras3 test-tf-keras
 
 # Every keras.applications model under both Keras flavours (make test runs one per family).
 zoo: install

@@ -22,6 +22,7 @@ from dsa_tf.allocation.gated_model import keep_ratios, set_keep_ratios
 from dsa_tf.allocation.gated_strip import strip
 from dsa_tf.allocation.gates import gate_class
 from dsa_tf.allocation.magnitude import magnitude_allocation
+from dsa_tf.allocation.one_shot import OneShotCallback
 from dsa_tf.allocation.prune import prune_to_budget
 from dsa_tf.allocation.report import allocation_report, budget_status
 from dsa_tf.allocation.taylor import taylor_allocation
@@ -47,6 +48,7 @@ __all__ = [
     "ExportVerificationError",
     "Group",
     "LatencyReport",
+    "OneShotCallback",
     "RunConfig",
     "allocation_report",
     "analyze",

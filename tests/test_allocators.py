@@ -8,7 +8,8 @@ import tensorflow as tf
 import dsa_tf
 from dsa_tf import _keras
 from dsa_tf.allocation.gated_model import gates_of
-from dsa_tf.allocation.gates import FROZEN
+from dsa_tf.allocation.gates import FROZEN, is_gate
+from dsa_tf.allocation.schedule import plan_schedule
 
 from masking import randomize
 from small_models import multi_io, nested_backbone, sequential, unet
@@ -306,3 +307,70 @@ def test_taylor_refuses_missing_data_or_loss(keras):
         dsa_tf.taylor_allocation(model, 0.5, _data().map(lambda x, y: x), loss=loss)
     with pytest.raises(ValueError, match="batches must be a positive integer"):
         dsa_tf.taylor_allocation(model, 0.5, _data(), loss=loss, batches=0)
+
+
+def _compiled(keras, gated):
+    gated.compile(keras.optimizers.SGD(0.01),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return gated
+
+
+def test_one_shot_callback_prunes_where_dsa_would_allocate(keras):
+    """Inside fit, at DSA's planned warm-up step, with the network trained so far."""
+    model = _net(keras)
+    gated = _compiled(keras, dsa_tf.prune_to_budget(model, 0.5))
+    probe = next(iter(_data()))[0]
+    seen = {}
+
+    def allocate(plain):
+        seen["gates"] = [layer for layer in plain.layers if is_gate(layer)]
+        seen["difference"] = float(np.max(np.abs(np.asarray(plain(probe))
+                                                 - np.asarray(gated(probe, training=False)))))
+        seen["modes"] = {int(gate.mode.numpy()) for gate in gates_of(gated)}
+        return dsa_tf.magnitude_allocation(plain, 0.5)
+
+    callback = dsa_tf.OneShotCallback(allocate, verbose=0)
+    epochs, steps = 5, 2  # 32 examples in batches of 16
+    gated.fit(_data(), epochs=epochs, verbose=0, callbacks=[callback])
+    warmup = plan_schedule(epochs, steps).warmup_steps
+    assert warmup > 0 and callback.pruned_at == divmod(warmup, steps)
+    assert seen["gates"] == [] and seen["modes"] == {0} and seen["difference"] < 1e-5
+    assert {int(g.mode.numpy()) for g in gates_of(gated)} == {FROZEN}
+    assert dsa_tf.budget_status(gated)["frozen_by"] == "assignment"
+    assert dsa_tf.count_flops(dsa_tf.strip(gated)) <= 0.5 * dsa_tf.count_flops(model)
+
+
+def test_one_shot_callback_before_the_first_step_and_when_resumed(keras):
+    model = _net(keras)
+    gated = _compiled(keras, dsa_tf.prune_to_budget(model, 0.4, resource="params"))
+    first = []
+    callback = dsa_tf.OneShotCallback(
+        lambda plain: first.append(1) or dsa_tf.uniform_allocation(plain, 0.4, resource="params"),
+        warmup_epochs=0, verbose=0)
+    gated.fit(_data(), epochs=1, verbose=0, callbacks=[callback])
+    assert callback.pruned_at == (0, 0) and first == [1]
+    masks = [gate.mask.numpy().copy() for gate in gates_of(gated)]
+    # A second fit, and a new callback on the frozen gates (a resumed run): nothing re-pruned.
+    again = dsa_tf.OneShotCallback(lambda plain: pytest.fail("pruned twice"), verbose=0)
+    gated.fit(_data(), epochs=2, verbose=0, callbacks=[callback, again])
+    assert first == [1] and again.pruned_at is not None
+    for gate, mask in zip(gates_of(gated), masks):
+        np.testing.assert_array_equal(gate.mask.numpy(), mask)
+    assert dsa_tf.count_params(dsa_tf.strip(gated)) <= 0.4 * dsa_tf.count_params(model)
+
+
+def test_one_shot_callback_refuses_bad_input(keras):
+    with pytest.raises(ValueError, match="callable"):
+        dsa_tf.OneShotCallback({"stem": range(4)})
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        dsa_tf.OneShotCallback(lambda m: {}, warmup_epochs=-1)
+    plain = _compiled(keras, _net(keras))
+    with pytest.raises(ValueError, match="no ChannelGate"):
+        plain.fit(_data(), epochs=1, verbose=0,
+                  callbacks=[dsa_tf.OneShotCallback(lambda m: {}, verbose=0)])
+    gated = _compiled(keras, dsa_tf.prune_to_budget(_net(keras), 0.5))
+    for gate in gates_of(gated):
+        gate.mode.assign(1)  # DSA's allocation under way
+    with pytest.raises(ValueError, match="DSA's allocation is running"):
+        gated.fit(_data(), epochs=1, verbose=0,
+                  callbacks=[dsa_tf.OneShotCallback(lambda m: {}, verbose=0)])

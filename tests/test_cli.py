@@ -11,7 +11,7 @@ import pytest
 
 import dsa_tf
 from dsa_tf.run.config import preset
-from dsa_tf.run.pipeline import build_model
+from dsa_tf.run.pipeline import build_model, run_pruning
 from dsa_tf.run.report import load_report, summary_table
 
 import tagged_images
@@ -155,3 +155,20 @@ def test_summary_table_reports_a_failed_export():
     int8_size = next(line for line in lines if line.startswith("TFLite int8 KiB"))
     assert int8_size.split()[3:5] == ["n/a", "2.0"]
     assert "  unpruned int8: int8 mismatch" in lines
+
+
+def test_a_baseline_allocation_runs_on_dsa_schedule(tmp_path):
+    """--allocation: the baseline prunes after DSA's warm-up; the report says who allocated.
+    (Taylor: the baseline that needs the run's data and loss.)"""
+    allocation = "taylor"
+    data_dir = tagged_images.prepare(str(tmp_path / "tfds"))
+    config = preset("quick", model="resnet8", dataset="tagged_images", budget=0.5,
+                    batch_size=16, epochs=3, train_examples=0, int8=False, latency_runs=1,
+                    allocation=allocation, data_dir=data_dir, out=str(tmp_path / "run"))
+    report = run_pruning(config, verbose=0)
+    assert report["stripped"]["flops_ratio"] <= 0.5
+    assert report["budget_status"]["frozen_by"] == "assignment"
+    table = summary_table(load_report(config.out))
+    assert f"allocation {allocation}" in table and "budget met by the given allocation" in table
+    with pytest.raises(ValueError, match="allocation must be one of"):
+        preset("quick", allocation="random")

@@ -1,5 +1,6 @@
 """prune_to_budget, ChannelGate and strip of a gated model."""
 
+import sys
 
 import numpy as np
 import pytest
@@ -185,8 +186,14 @@ def test_round_to_raises_the_reachable_minimum_and_shapes_the_strip(keras):
 def test_gating_a_graph_deeper_than_the_recursion_limit(keras):
     """Keras maps a functional graph recursively; a gated EfficientNetV2L (1,500+ calls) hit
     RecursionError before strip.rebuild made room for it."""
-    model = deep_chain(keras)
-    gated = dsa_tf.prune_to_budget(model, 0.5)
-    dsa_tf.set_keep_ratios(gated, {name: 0.5 for name in dsa_tf.keep_ratios(gated)})
-    x = np.random.default_rng(0).normal(size=(2, 4)).astype("float32")
-    np.testing.assert_allclose(dsa_tf.strip(gated)(x), gated(x, training=False), atol=1e-6)
+    model = deep_chain(keras, depth=150)
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(250)  # below what the gated graph (300 calls) needs
+    try:
+        gated = dsa_tf.prune_to_budget(model, 0.5)
+        dsa_tf.set_keep_ratios(gated, {name: 0.5 for name in dsa_tf.keep_ratios(gated)})
+        x = np.random.default_rng(0).normal(size=(2, 4)).astype("float32")
+        small = dsa_tf.strip(gated)
+    finally:
+        sys.setrecursionlimit(previous)
+    np.testing.assert_allclose(small(x), gated(x, training=False), atol=1e-6)

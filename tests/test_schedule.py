@@ -71,9 +71,10 @@ def test_defaults_reach_the_budget_in_fits_of_any_length(keras, epochs, budget):
 
 
 def test_defaults_reach_the_budget_on_two_replicas():
-    """The same fits under MirroredStrategy over two logical CPUs (tests/distributed_fit.py)."""
+    """The 3-epoch fit at budget 0.3 under MirroredStrategy over two logical CPUs
+    (tests/distributed_fit.py)."""
     runs = _report(_start("schedule"))["runs"]
-    assert [(r["epochs"], r["budget"]) for r in runs] == [(3, 0.3), (8, 0.6), (30, 0.3)]
+    assert [(r["epochs"], r["budget"]) for r in runs] == [(3, 0.3)]
     for run in runs:
         assert run["phases"][-1] == 2 and run["completed"] == 0, run
         assert run["flops_stripped"] <= run["budget"], run

@@ -24,6 +24,7 @@ import dataclasses
 from typing import Any
 
 SCHEDULES = ("step", "cosine")
+ALLOCATIONS = ("dsa", "uniform", "magnitude", "taylor")
 
 
 def _setting(default: Any, help_text: str) -> Any:
@@ -47,6 +48,12 @@ class RunConfig:
     out: str = _setting("runs/dsa", "The run directory.")
     budget: float = _setting(0.5, "Kept fraction of --resource (0 < budget <= 1).")
     resource: str = _setting("flops", "flops or params.")
+    allocation: str = _setting(
+        "dsa", "Who chooses the widths: dsa (learned during training), or a one-shot baseline "
+        "applied where DSA's allocation would begin (after the warm-up; at the start with "
+        "--init): uniform (one keep ratio for all groups), magnitude (one global threshold "
+        "on BatchNorm |gamma|, network slimming) or taylor (first-order Taylor importance on "
+        "4 training batches).")
     round_to: int = _setting(
         1, "Pruned groups keep multiples of this many channels (or all of them).")
     init: str | None = _setting(
@@ -96,6 +103,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.lr_schedule not in SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}.")
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {ALLOCATIONS}, got "
+                             f"{self.allocation!r}.")
         if self.epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}.")
         if self.warmup_epochs is not None and (

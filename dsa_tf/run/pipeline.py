@@ -2,9 +2,10 @@
 
 Phases (each timed and announced on one line): data, model (and the evaluation of a
 pre-trained reference), training (warm-up, allocation, fine-tuning in one ``model.fit`` with
-:class:`dsa_tf.DSACallback`), with ``reference`` the unpruned network trained on the same
-schedule, strip, evaluation, TFLite export (float32 and int8, verified
-against Keras) and LiteRT latency of the unpruned and the stripped model side by side.
+:class:`dsa_tf.DSACallback`, or with ``allocation`` a baseline allocator applied once at the
+end of the same warm-up by :class:`dsa_tf.OneShotCallback`), with ``reference`` the unpruned
+network trained on the same schedule, strip, evaluation, TFLite export (float32 and int8,
+verified against Keras) and LiteRT latency of the unpruned and the stripped model side by side.
 
 The run directory holds ``config.json``, ``history.csv``, ``backup/`` (Keras BackupAndRestore:
 the same call, or the same ``dsa-tf prune`` command, resumes an interrupted training at the
@@ -38,8 +39,12 @@ from dsa_tf import _keras
 from dsa_tf.allocation.callback import DSACallback
 from dsa_tf.allocation.gated_model import gates_of
 from dsa_tf.allocation.gated_strip import strip
+from dsa_tf.allocation.magnitude import magnitude_allocation
+from dsa_tf.allocation.one_shot import OneShotCallback
 from dsa_tf.allocation.prune import prune_to_budget
 from dsa_tf.allocation.report import allocation_report, budget_status
+from dsa_tf.allocation.taylor import taylor_allocation
+from dsa_tf.allocation.uniform import uniform_allocation
 from dsa_tf.deploy.export import export_tflite
 from dsa_tf.deploy.timing import compare_tflite_latency
 from dsa_tf.deploy.verify import ExportVerificationError
@@ -102,8 +107,8 @@ def run_pruning(config: RunConfig, *, callbacks: Sequence[Any] = (), verbose: in
             _compile(gated, config, keras, from_logits, steps_per_epoch=splits.steps_per_epoch)
             gated.fit(splits.train, epochs=config.epochs, verbose=_fit_verbosity(verbose),
                       shuffle=False,  # the dataset shuffles itself
-                      callbacks=[*_training_callbacks(config, splits, out, keras, verbose),
-                                 *callbacks])
+                      callbacks=[*_training_callbacks(config, splits, out, keras, from_logits,
+                                                      verbose), *callbacks])
             gated.save(gated_path)
         report["history"] = _read_history(os.path.join(out, "history.csv"))
 
@@ -271,11 +276,10 @@ def _compile(model: Any, config: RunConfig, keras: Any, from_logits: bool,
 
 
 def _training_callbacks(config: RunConfig, splits: Any, out: str, keras: Any,
-                        verbose: int) -> list:
+                        from_logits: bool, verbose: int) -> list:
     started = {}
-    callbacks = [  # DSACallback first: its epoch and batch updates precede the backup
-        DSACallback(splits.alpha, warmup_epochs=config.warmup_epochs,
-                    update_every=config.update_every, verbose=int(verbose > 0)),
+    callbacks = [  # the allocation first: its epoch and batch updates precede the backup
+        _allocation_callback(config, splits, keras, from_logits, verbose),
         keras.callbacks.BackupAndRestore(os.path.join(out, "backup")),
         keras.callbacks.LambdaCallback(  # epoch_seconds goes into the logs before CSVLogger
             on_epoch_begin=lambda epoch, logs: started.update(epoch=time.perf_counter()),
@@ -288,6 +292,25 @@ def _training_callbacks(config: RunConfig, splits: Any, out: str, keras: Any,
 
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(out, "tensorboard")))
     return callbacks
+
+
+def _allocation_callback(config: RunConfig, splits: Any, keras: Any, from_logits: bool,
+                         verbose: int) -> Any:
+    """DSACallback, or the OneShotCallback of ``config.allocation``'s baseline allocator."""
+    if config.allocation == "dsa":
+        return DSACallback(splits.alpha, warmup_epochs=config.warmup_epochs,
+                           update_every=config.update_every, verbose=int(verbose > 0))
+    settings = {"resource": config.resource, "round_to": config.round_to}
+    if config.allocation == "taylor":
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+        allocate = lambda model: taylor_allocation(  # noqa: E731
+            model, config.budget, splits.train, loss=loss, **settings)
+    else:
+        allocator = {"uniform": uniform_allocation,
+                     "magnitude": magnitude_allocation}[config.allocation]
+        allocate = lambda model: allocator(model, config.budget, **settings)  # noqa: E731
+    return OneShotCallback(allocate, warmup_epochs=config.warmup_epochs,
+                           verbose=int(verbose > 0))
 
 
 def _accuracy(model: Any, dataset: Any) -> float:

@@ -42,7 +42,7 @@ def summary_table(report: dict) -> str:
     config = report["config"]
     before, after = report["unpruned"], report["stripped"]
     lines = [f"{config['model']} on {config['dataset']}, budget {config['budget']} of the "
-             f"{config['resource']}",
+             f"{config['resource']}, allocation {config.get('allocation', 'dsa')}",
              f"{'':24}{'unpruned':>13}{'stripped':>13}{'ratio':>9}",
              "-" * 59]
 

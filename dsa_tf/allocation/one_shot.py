@@ -1,0 +1,125 @@
+"""OneShotCallback: a baseline allocator prunes a gated model once, inside ``fit``, as DSA would.
+
+To compare an allocator with DSA fairly, both must train on the same schedule: DSA trains the
+full network for its warm-up (1/15 of the fit's steps, :mod:`dsa_tf.allocation.schedule`),
+allocates, and fine-tunes the rest of the same ``fit``. This callback does the same with any
+allocator that maps a plain model to a keep dict (:func:`dsa_tf.uniform_allocation`,
+:func:`dsa_tf.magnitude_allocation`, :func:`dsa_tf.taylor_allocation`, or your own): at the
+step where DSA's allocation would begin, it hands the allocator a plain full-width copy of the
+gated model with the weights trained so far, and freezes the gates to the returned channels
+(:func:`dsa_tf.apply_allocation`); the rest of the fit trains the pruned network, with the
+same optimizer and learning-rate schedule. With ``warmup_epochs=0`` it prunes before the
+first step: one-shot pruning of a pre-trained model followed by fine-tuning.
+
+Example:
+    >>> import numpy as np, tensorflow as tf, dsa_tf
+    >>> model = dsa_tf.models.cifar_resnet(8, input_shape=(8, 8, 3))
+    >>> gated = dsa_tf.prune_to_budget(model, 0.5)
+    >>> gated.compile("sgd", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    >>> x, y = np.random.rand(32, 8, 8, 3).astype("float32"), np.arange(32) % 10
+    >>> prune = dsa_tf.OneShotCallback(lambda m: dsa_tf.uniform_allocation(m, 0.5), verbose=0)
+    >>> _ = gated.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[prune])
+    >>> dsa_tf.count_flops(dsa_tf.strip(gated)) <= 0.5 * dsa_tf.count_flops(model)
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from dsa_tf import _keras
+from dsa_tf.allocation.apply import apply_allocation
+from dsa_tf.allocation.gated_model import gates_of
+from dsa_tf.allocation.gated_strip import strip
+from dsa_tf.allocation.gates import FROZEN, STOCHASTIC
+from dsa_tf.allocation.schedule import check_settings, plan_schedule
+
+Allocator = Callable[[Any], Mapping[str, Any]]
+
+
+class OneShotCallback(_keras.default_keras().callbacks.Callback):
+    """Prunes a gated model with ``allocator`` once, where DSA's allocation would begin.
+
+    Args:
+        allocator: ``allocator(model) -> {group_name: kept channel indices}``, called with a
+            plain full-width copy of the gated model holding the weights trained so far (the
+            gated model itself is not handed out). Make it with the settings the model was
+            gated with (``min_channels``, ``round_to``, ``exclude``).
+        warmup_epochs: full-network epochs before pruning; None: DSA's warm-up for this fit
+            (1/15 of its steps, :func:`dsa_tf.allocation.schedule.plan_schedule`; the whole
+            first epoch when the fit's steps per epoch are unknown); 0: before the first step.
+        verbose: 1 prints the step it pruned at and the kept channels per group.
+
+    Raises:
+        ValueError: (at the start of ``fit``) a model without ChannelGate, or in the middle
+            of DSA's allocation; a negative ``warmup_epochs``. Gates already frozen (a fit
+            resumed by ``BackupAndRestore`` after the pruning, or an allocated model) are left
+            as they are.
+
+    Example:
+        >>> import dsa_tf
+        >>> budget = 0.3
+        >>> callback = dsa_tf.OneShotCallback(
+        ...     lambda model: dsa_tf.magnitude_allocation(model, budget), warmup_epochs=0)
+    """
+
+    def __init__(self, allocator: Allocator, *, warmup_epochs: int | None = None,
+                 verbose: int = 1):
+        super().__init__()
+        if not callable(allocator):
+            raise ValueError(f"allocator must be callable (model -> keep dict), got "
+                             f"{type(allocator).__name__}.")
+        check_settings(warmup_epochs, None, None)
+        self.allocator = allocator
+        self.warmup_epochs = warmup_epochs
+        self.verbose = verbose
+        self.pruned_at: tuple[int, int] | None = None  # (epoch, batch), both from 0
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        gates = gates_of(self.model)
+        if not gates:
+            raise ValueError(f"OneShotCallback needs a model made by dsa_tf.prune_to_budget; "
+                             f"{self.model.name!r} has no ChannelGate.")
+        if int(gates[0].mode.numpy()) == STOCHASTIC:
+            raise ValueError("OneShotCallback: DSA's allocation is running in this model's "
+                             "gates; gate the model again (dsa_tf.prune_to_budget) to prune "
+                             "it with a baseline allocator.")
+        steps = self.params.get("steps")
+        epochs = int(self.params.get("epochs") or 1)
+        self._warmup_steps = None if not steps else plan_schedule(
+            epochs, int(steps), warmup_epochs=self.warmup_epochs, finish_by=None).warmup_steps
+        self._steps = int(steps or 0)
+        self._epoch = 0
+        if self.warmup_epochs == 0:
+            self._prune(0, 0)
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch = epoch
+        if self._warmup_steps is None and epoch >= 1:  # unknown steps: epoch 1 was warm-up
+            self._prune(epoch, 0)
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if self._warmup_steps is not None \
+                and self._epoch * self._steps + batch >= self._warmup_steps:
+            self._prune(self._epoch, batch)
+
+    def _prune(self, epoch: int, batch: int) -> None:
+        if self.pruned_at is not None:
+            return
+        if int(gates_of(self.model)[0].mode.numpy()) == FROZEN:
+            # Frozen before: restored by BackupAndRestore when a fit resumes, or allocated.
+            self.pruned_at = (epoch, batch)
+            if self.verbose:
+                print("OneShotCallback: the gates are already frozen: nothing to prune",
+                      flush=True)
+            return
+        full = strip(self.model, keep={})  # every channel: the network trained so far
+        keep = self.allocator(full)
+        apply_allocation(self.model, keep)
+        self.pruned_at = (epoch, batch)
+        if self.verbose:
+            kept = ", ".join(f"{g.group} {int(g.mask.numpy().sum())}/{g.channels}"
+                             for g in gates_of(self.model))
+            print(f"OneShotCallback: pruned at epoch {epoch + 1}, step {batch + 1}: {kept}",
+                  flush=True)
