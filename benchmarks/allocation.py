@@ -203,6 +203,7 @@ def read_results(path: str) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
     done = {key(row): row for row in read_results(args.results)}
     mine = settings(args)
     for cell in args.cells:
@@ -293,7 +294,8 @@ def main() -> None:
     parser.add_argument("--finetune_lr", type=float, default=0.01)
     parser.add_argument("--cache_dir", default=os.path.expanduser(
         "~/.cache/dsa_tf/benchmarks"), help="Where the pre-trained networks are kept.")
-    parser.add_argument("--results", default="allocation_results.jsonl")
+    parser.add_argument("--results", default="runs/allocation.jsonl",
+                        help="Results file (JSON lines), appended to and resumed from.")
     parser.add_argument("--report", action="store_true", help="Only print the tables.")
     args = parser.parse_args()
     if not args.report:
