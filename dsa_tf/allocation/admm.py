@@ -6,10 +6,13 @@ caller (e.g. a Keras callback) keeps an :class:`ADMMState` in variables and assi
 
 Notation: K prunable groups, M resource constraints. Keep ratios ``a = sigmoid(Theta)``.
 
-Resource model (built elsewhere, normalised so that ``R_m(1) == 1``)::
+Resource model (built elsewhere, normalised so that ``R_m(1) == 1``): any differentiable
+TensorFlow function ``resource(a) -> [M]`` of the keep ratios, non-decreasing in each of
+them, with budgets ``B: [M]`` in (0, 1]; its gradient ``dR_m/da`` comes from automatic
+differentiation. FLOPs and params are exact quadratic forms (:func:`quadratic_resource`)::
 
     R_m(a) = a^T A_m a + b_m^T a + c_m,        dR_m/da = (A_m + A_m^T) a + b_m
-    A: [M, K, K] >= 0,  b: [M, K] >= 0,  c: [M] >= 0,  budgets B: [M] in (0, 1]
+    A: [M, K, K] >= 0,  b: [M, K] >= 0,  c: [M] >= 0
 
 One outer iteration (:func:`admm_iteration`, DSA section 4.3, in this order):
 
@@ -101,22 +104,25 @@ forever.
 Example:
     >>> import tensorflow as tf
     >>> A = tf.constant([[[0.0, 0.5], [0.5, 0.0]]])   # R(a) = a0 * a1, one constraint
-    >>> b, c = tf.zeros([1, 2]), tf.zeros([1])
+    >>> resource = quadratic_resource(A, tf.zeros([1, 2]), tf.zeros([1]))
     >>> budgets = tf.constant([0.5])
     >>> step = tf.function(admm_iteration)
     >>> state = init_state(num_groups=2, num_constraints=1)
-    >>> while not budget_met(tf.sigmoid(state.theta), A, b, c, budgets):
+    >>> while not budget_met(tf.sigmoid(state.theta), resource, budgets):
     ...     loss_grad = tf.random.normal([2], stddev=1e-4)   # dL_v/dTheta of a batch
-    ...     state = step(state, loss_grad, A, b, c, budgets)
+    ...     state = step(state, loss_grad, resource, budgets)
     >>> int(state.step) <= 150
     True
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import tensorflow as tf
+
+Resource = Callable[[tf.Tensor], tf.Tensor]  # keep ratios [K] -> resource fractions [M]
 
 THETA_INIT = 5.0
 RHO1 = 1.0
@@ -215,48 +221,66 @@ def resource_ratios(keep_ratios: tf.Tensor, A: tf.Tensor, b: tf.Tensor, c: tf.Te
     return quadratic + tf.linalg.matvec(b, keep_ratios) + c
 
 
-def resource_gradient(keep_ratios: tf.Tensor, A: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
-    """Gradient of every resource ratio w.r.t. the keep ratios: ``(A_m + A_m^T) a + b_m``.
+def quadratic_resource(A: tf.Tensor, b: tf.Tensor, c: tf.Tensor) -> Resource:
+    """The resource function ``a -> R(a)`` of the quadratic forms (:func:`resource_ratios`).
+
+    Args:
+        A: [M, K, K] quadratic coefficients.
+        b: [M, K] linear coefficients.
+        c: [M] constants.
+
+    Returns:
+        A function of the keep ratios [K] returning the [M] resource fractions.
+
+    Example:
+        >>> resource = quadratic_resource(tf.constant([[[0.0, 0.5], [0.5, 0.0]]]),
+        ...                               tf.zeros([1, 2]), tf.zeros([1]))
+        >>> resource(tf.constant([0.5, 1.0])).numpy().tolist()
+        [0.5]
+    """
+    return lambda keep_ratios: resource_ratios(keep_ratios, A, b, c)
+
+
+def resource_gradient(keep_ratios: tf.Tensor, resource: Resource) -> tf.Tensor:
+    """Gradient of every resource fraction w.r.t. the keep ratios, by automatic differentiation.
 
     Args:
         keep_ratios: [K] keep ratios a.
-        A: [M, K, K] quadratic coefficients.
-        b: [M, K] linear coefficients.
+        resource: the resource function (``a -> [M]``).
 
     Returns:
         [M, K] ``dR_m/da_k``.
 
     Example:
         >>> A = tf.constant([[[0.0, 1.0], [0.0, 0.0]]])    # R = a0 * a1
-        >>> resource_gradient(tf.constant([0.5, 1.0]), A, tf.zeros([1, 2])).numpy().tolist()
+        >>> resource = quadratic_resource(A, tf.zeros([1, 2]), tf.zeros([1]))
+        >>> resource_gradient(tf.constant([0.5, 1.0]), resource).numpy().tolist()
         [[1.0, 0.5]]
     """
-    symmetric = A + tf.transpose(A, [0, 2, 1])
-    return tf.linalg.matvec(symmetric, keep_ratios) + b
+    with tf.GradientTape() as tape:
+        tape.watch(keep_ratios)
+        ratios = resource(keep_ratios)
+    return tape.jacobian(ratios, keep_ratios)
 
 
-def budget_met(
-    keep_ratios: tf.Tensor, A: tf.Tensor, b: tf.Tensor, c: tf.Tensor, budgets: tf.Tensor
-) -> tf.Tensor:
+def budget_met(keep_ratios: tf.Tensor, resource: Resource, budgets: tf.Tensor) -> tf.Tensor:
     """Whether every constraint holds: ``R_m(a) <= B_m`` for all m.
 
     Args:
         keep_ratios: [K] keep ratios a.
-        A: [M, K, K] quadratic coefficients.
-        b: [M, K] linear coefficients.
-        c: [M] constants.
+        resource: the resource function (``a -> [M]``).
         budgets: [M] budget fractions.
 
     Returns:
         [] bool tensor.
 
     Example:
-        >>> A = tf.constant([[[0.0, 0.5], [0.5, 0.0]]])
-        >>> bool(budget_met(tf.constant([0.5, 0.9]), A, tf.zeros([1, 2]), tf.zeros([1]),
-        ...                 tf.constant([0.5])))
+        >>> resource = quadratic_resource(tf.constant([[[0.0, 0.5], [0.5, 0.0]]]),
+        ...                               tf.zeros([1, 2]), tf.zeros([1]))
+        >>> bool(budget_met(tf.constant([0.5, 0.9]), resource, tf.constant([0.5])))
         True
     """
-    return tf.reduce_all(resource_ratios(keep_ratios, A, b, c) <= budgets)
+    return tf.reduce_all(resource(keep_ratios) <= budgets)
 
 
 def theta_gradient(
@@ -385,9 +409,7 @@ def z_objective(
     z: tf.Tensor,
     u1: tf.Tensor,
     u2: tf.Tensor,
-    A: tf.Tensor,
-    b: tf.Tensor,
-    c: tf.Tensor,
+    resource: Resource,
     budgets: tf.Tensor,
     *,
     rho1: float = RHO1,
@@ -400,9 +422,7 @@ def z_objective(
         z: [K] auxiliary variable.
         u1: [M] budget duals.
         u2: [K] duals of ``theta == z``.
-        A: [M, K, K] quadratic coefficients.
-        b: [M, K] linear coefficients.
-        c: [M] constants.
+        resource: the resource function (``a -> [M]``).
         budgets: [M] budget fractions.
         rho1: budget penalty.
         rho2: penalty of ``theta == z``.
@@ -411,13 +431,14 @@ def z_objective(
         [] objective value.
 
     Example:
-        >>> A = tf.constant([[[0.0, 0.5], [0.5, 0.0]]])
-        >>> j = z_objective(tf.zeros([2]), tf.zeros([2]), tf.ones([1]), tf.zeros([2]), A,
-        ...                 tf.zeros([1, 2]), tf.zeros([1]), tf.constant([0.2]))
+        >>> resource = quadratic_resource(tf.constant([[[0.0, 0.5], [0.5, 0.0]]]),
+        ...                               tf.zeros([1, 2]), tf.zeros([1]))
+        >>> j = z_objective(tf.zeros([2]), tf.zeros([2]), tf.ones([1]), tf.zeros([2]),
+        ...                 resource, tf.constant([0.2]))
         >>> round(float(j), 6)  # R = 0.25: violation 0.05, 1 * 0.05 + 0.5 * 0.05 ** 2
         0.05125
     """
-    violation = tf.nn.relu(resource_ratios(tf.sigmoid(z), A, b, c) - budgets)
+    violation = tf.nn.relu(resource(tf.sigmoid(z)) - budgets)
     diff = theta - z
     return (
         tf.reduce_sum(u1 * violation + 0.5 * rho1 * tf.square(violation))
@@ -431,29 +452,32 @@ def z_gradient(
     z: tf.Tensor,
     u1: tf.Tensor,
     u2: tf.Tensor,
-    A: tf.Tensor,
-    b: tf.Tensor,
-    c: tf.Tensor,
+    resource: Resource,
     budgets: tf.Tensor,
     *,
     rho1: float = RHO1,
     rho2: float = RHO2,
 ) -> tf.Tensor:
-    """Analytic ``dJ/dz`` of :func:`z_objective`, with the same arguments.
+    """``dJ/dz`` of :func:`z_objective`, with the same arguments::
+
+        dJ/dz = sum_m (u1_m + rho1 v_m) 1[v_m > 0] dR_m/da * a (1 - a) - u2 - rho2 (theta - z)
+
+    with ``dR_m/da`` from :func:`resource_gradient`.
 
     Returns:
         [K] gradient.
 
     Example:
+        >>> resource = quadratic_resource(tf.zeros([1, 2, 2]), tf.zeros([1, 2]), tf.zeros([1]))
         >>> g = z_gradient(tf.zeros([2]), tf.zeros([2]), tf.zeros([1]), tf.ones([2]),
-        ...                tf.zeros([1, 2, 2]), tf.zeros([1, 2]), tf.zeros([1]), tf.ones([1]))
+        ...                resource, tf.ones([1]))
         >>> g.numpy().tolist()  # under budget: only -u2 - rho2 (theta - z)
         [-1.0, -1.0]
     """
     a = tf.sigmoid(z)
-    excess = resource_ratios(a, A, b, c) - budgets
+    excess = resource(a) - budgets
     weight = tf.where(excess > 0.0, u1 + rho1 * excess, tf.zeros_like(excess))
-    budget_grad = tf.linalg.matvec(resource_gradient(a, A, b), weight, transpose_a=True)
+    budget_grad = tf.linalg.matvec(resource_gradient(a, resource), weight, transpose_a=True)
     return budget_grad * a * (1.0 - a) - u2 - rho2 * (theta - z)
 
 
@@ -462,9 +486,7 @@ def z_steps(
     z: tf.Tensor,
     u1: tf.Tensor,
     u2: tf.Tensor,
-    A: tf.Tensor,
-    b: tf.Tensor,
-    c: tf.Tensor,
+    resource: Resource,
     budgets: tf.Tensor,
     *,
     steps: int = Z_STEPS,
@@ -481,9 +503,7 @@ def z_steps(
         z: [K] auxiliary variable.
         u1: [M] budget duals.
         u2: [K] duals of ``theta == z``.
-        A: [M, K, K] quadratic coefficients.
-        b: [M, K] linear coefficients.
-        c: [M] constants.
+        resource: the resource function (``a -> [M]``).
         budgets: [M] budget fractions.
         steps: number of inner steps (paper: 50).
         learning_rate: step per coordinate (paper: 1e-3).
@@ -494,18 +514,19 @@ def z_steps(
         ``(z, u1)`` after the inner loop.
 
     Example:
-        >>> A = tf.constant([[[0.0, 0.5], [0.5, 0.0]]])
+        >>> resource = quadratic_resource(tf.constant([[[0.0, 0.5], [0.5, 0.0]]]),
+        ...                               tf.zeros([1, 2]), tf.zeros([1]))
         >>> theta = tf.fill([2], 5.0)
-        >>> z, u1 = z_steps(theta, theta, tf.zeros([1]), tf.zeros([2]), A, tf.zeros([1, 2]),
-        ...                 tf.zeros([1]), tf.constant([0.5]))
+        >>> z, u1 = z_steps(theta, theta, tf.zeros([1]), tf.zeros([2]), resource,
+        ...                 tf.constant([0.5]))
         >>> [round(x, 3) for x in z.numpy().tolist()]  # over budget: 50 steps of 1e-3 down
         [4.95, 4.95]
     """
 
     def body(i: tf.Tensor, z: tf.Tensor, u1: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        grad = z_gradient(theta, z, u1, u2, A, b, c, budgets, rho1=rho1, rho2=rho2)
+        grad = z_gradient(theta, z, u1, u2, resource, budgets, rho1=rho1, rho2=rho2)
         z = z - learning_rate * tf.sign(grad)
-        excess = resource_ratios(tf.sigmoid(z), A, b, c) - budgets
+        excess = resource(tf.sigmoid(z)) - budgets
         return i + 1, z, u1 + rho1 * tf.nn.relu(excess)
 
     _, z, u1 = tf.while_loop(lambda i, z, u1: i < steps, body, (tf.constant(0), z, u1))
@@ -535,9 +556,7 @@ def dual_update(u2: tf.Tensor, theta: tf.Tensor, z: tf.Tensor, *, rho2: float = 
 def admm_iteration(
     state: ADMMState,
     loss_grad_theta: tf.Tensor,
-    A: tf.Tensor,
-    b: tf.Tensor,
-    c: tf.Tensor,
+    resource: Resource,
     budgets: tf.Tensor,
     *,
     theta_learning_rate: float = THETA_LEARNING_RATE,
@@ -553,9 +572,7 @@ def admm_iteration(
     Args:
         state: current state.
         loss_grad_theta: [K] ``dL_v/dtheta`` from one validation batch.
-        A: [M, K, K] quadratic coefficients.
-        b: [M, K] linear coefficients.
-        c: [M] constants.
+        resource: the resource function (``a -> [M]``, e.g. :func:`quadratic_resource`).
         budgets: [M] budget fractions.
         theta_learning_rate: Adam learning rate of theta.
         loss_scale: fixed loss scale (paper: 1e5), or None for the adaptive scale.
@@ -569,9 +586,10 @@ def admm_iteration(
         The new state.
 
     Example:
-        >>> A = tf.constant([[[0.0, 0.5], [0.5, 0.0]]])
-        >>> state = admm_iteration(init_state(2, 1), tf.zeros([2]), A, tf.zeros([1, 2]),
-        ...                        tf.zeros([1]), tf.constant([0.5]))
+        >>> resource = quadratic_resource(tf.constant([[[0.0, 0.5], [0.5, 0.0]]]),
+        ...                               tf.zeros([1, 2]), tf.zeros([1]))
+        >>> state = admm_iteration(init_state(2, 1), tf.zeros([2]), resource,
+        ...                        tf.constant([0.5]))
         >>> float(state.step), bool(tf.reduce_all(state.z < 5.0))
         (1.0, True)
     """
@@ -588,9 +606,7 @@ def admm_iteration(
         state.z,
         state.u1,
         state.u2,
-        A,
-        b,
-        c,
+        resource,
         budgets,
         steps=z_steps_per_iteration,
         learning_rate=z_learning_rate,

@@ -242,10 +242,11 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         perm = gate_order(plan, self.gates)
         forms = [getattr(plan, name) for name in self.resources]
         full = [form(np.ones(len(plan.prunable))) for form in forms]
-        self.A = tf.constant(np.stack([f.A[np.ix_(perm, perm)] / t for f, t in zip(forms, full)]),
-                             tf.float32)
-        self.b = tf.constant(np.stack([f.b[perm] / t for f, t in zip(forms, full)]), tf.float32)
-        self.c = tf.constant([f.c / t for f, t in zip(forms, full)], tf.float32)
+        self.resource = admm.quadratic_resource(
+            tf.constant(np.stack([f.A[np.ix_(perm, perm)] / t for f, t in zip(forms, full)]),
+                        tf.float32),
+            tf.constant(np.stack([f.b[perm] / t for f, t in zip(forms, full)]), tf.float32),
+            tf.constant([f.c / t for f, t in zip(forms, full)], tf.float32))
         self.budgets = tf.constant([self.gates[0].budget[n] for n in self.resources], tf.float32)
 
     # ------------------------------------------------------------- the phases
@@ -395,7 +396,7 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
                 a = tf.cast(keep_process.kept_count(a, gate.channels, gate.min_channels,
                                                     gate.round_to), tf.float32) / gate.channels
             ratios.append(a)
-        values = admm.resource_ratios(tf.stack(ratios), self.A, self.b, self.c).numpy()
+        values = self.resource(tf.stack(ratios)).numpy()
         return {name: float(v) for name, v in zip(self.resources, values)}
 
     def _admm_update(self, x: Any, y: Any) -> tf.Tensor:
@@ -422,7 +423,7 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
             u2=self._stack("u2"), adam_m=self._stack("adam_m"), adam_v=self._stack("adam_v"),
             loss_grad_sq=tf.convert_to_tensor(first.loss_grad_sq),
             step=tf.convert_to_tensor(first.admm_step))
-        new = admm.admm_iteration(state, tf.stack(grads), self.A, self.b, self.c, self.budgets,
+        new = admm.admm_iteration(state, tf.stack(grads), self.resource, self.budgets,
                                   theta_learning_rate=self.theta_learning_rate,
                                   rho1=self.rho1, rho2=self.rho2, loss_scale=self.loss_scale)
         finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in new])
