@@ -64,6 +64,22 @@ def test_budget_is_reached_and_strip_meets_it(keras, budget):
     np.testing.assert_allclose(small(x), gated(x, training=False), rtol=1e-4, atol=1e-4)
 
 
+def test_keep_ratio_trace_records_every_iteration(keras):
+    gated = dsa_tf.prune_to_budget(_small_net(keras), 0.5, seed=1)
+    gated.compile(keras.optimizers.SGD(0.05, momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    callback = dsa_tf.DSACallback(_data(64, seed=1), warmup_epochs=1, update_every=1,
+                                  finish_by=None, verbose=0)
+    with pytest.warns(UserWarning, match="budget not met yet"):
+        gated.fit(_data(), epochs=3, callbacks=[callback], verbose=0)
+    trace = callback.keep_ratio_trace
+    assert [iteration for iteration, _ in trace] == list(range(1, 17))  # 2 epochs of 8 steps
+    ratios = np.array([list(r.values()) for _, r in trace])
+    assert np.all(np.diff(ratios, axis=0) <= 1e-6)  # keep ratios only decrease
+    assert np.all(ratios[-1] < ratios[0])
+    assert trace[-1][1] == pytest.approx(dsa_tf.keep_ratios(gated))
+
+
 def test_round_to_gives_multiples_and_still_meets_the_budget(keras):
     model = _small_net(keras)
     gated, history = _fit(keras, 0.5, EPOCHS, round_to=8)
@@ -103,6 +119,14 @@ def test_allocation_report(keras):
     total = stem + 2 * block + strided + dense
     expected = [stem + block + strided / 2, block, strided / 2 + dense]
     assert [r["flops_share"] for r in rows] == pytest.approx([e / total for e in expected])
+    # Parameters (kernels, biases, BatchNorm's four vectors): conv kernels between two groups
+    # half to each, the Dense bias to no group.
+    conv, wide = 9 * 16 * 16, 9 * 16 * 32
+    expected = [27 * 16 + 16 + 64 + conv / 2 + conv / 2 + 16 + 64 + wide / 2,
+                conv / 2 + 16 + 64 + conv / 2, wide / 2 + 32 + 128 + 32 * 4]
+    total = dsa_tf.count_params(_small_net(keras))
+    assert total == sum(expected) + 4
+    assert [r["params_share"] for r in rows] == pytest.approx([e / total for e in expected])
 
 
 def test_callback_refuses_a_model_without_gates_and_empty_alpha_data(keras):

@@ -96,8 +96,15 @@ def test_run_directory_holds_a_consistent_report(run_dir, keras):
     assert status["hard"]["flops"] == pytest.approx(stripped["flops_ratio"])
     assert status["epoch"] == 1 + min(int(row["epoch"]) for row in report["history"]
                                       if row["dsa_phase"] == 2)
-    with open(os.path.join(out, "allocation.png"), "rb") as file:
-        assert file.read(8) == b"\x89PNG\r\n\x1a\n"
+    for figure in ("allocation.png", "allocation_trace.png"):
+        with open(os.path.join(out, figure), "rb") as file:
+            assert file.read(8) == b"\x89PNG\r\n\x1a\n"
+    # Killed during the allocation and resumed: every ADMM iteration recorded once.
+    iterations = [int(row["iteration"]) for row in report["keep_ratio_trace"]]
+    assert iterations == list(range(1, report["admm_iterations"] + 1))
+    last = report["keep_ratio_trace"][-1]
+    assert [last[row["group"]] for row in report["allocation"]] == pytest.approx(
+        [row["keep_ratio"] for row in report["allocation"]], abs=1e-6)
     with open(os.path.join(out, "config.json")) as file:
         assert json.load(file)["budget"] == BUDGET
 

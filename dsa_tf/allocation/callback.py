@@ -79,8 +79,9 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
     step (a forward and backward pass on an alpha batch), so such a fit runs up to ~150 steps
     longer than its own length. At 300 CIFAR-10 epochs this is exactly
     the paper's schedule. Measured reach with the defaults: budgets 0.3 and 0.6 within fits
-    of 3, 8 and 30 epochs, on one and two replicas (``tests/test_schedule.py``); the short
-    schedules of BENCHMARKS.md. Pass ``warmup_epochs=0`` for a pre-trained model.
+    of 3, 8 and 30 epochs (``tests/test_schedule.py``; the 3-epoch fit at 0.3 also on two
+    replicas); the short schedules of BENCHMARKS.md. Pass ``warmup_epochs=0`` for a
+    pre-trained model.
 
     No silent budget miss: if the budget is not met by ``finish_by`` of the fit's steps (or
     when ``fit`` ends, or stops early, before that), the callback completes the allocation:
@@ -96,7 +97,9 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
     1 allocation, 2 fine-tuning), ``dsa_beta2``, ``dsa_admm_iterations``, ``dsa_completed``
     and per constraint ``dsa_<resource>_expected`` (the resource at the current keep ratios)
     and ``dsa_<resource>_hard`` (the resource of the hard configuration, what
-    :func:`dsa_tf.strip` gives), both as fractions.
+    :func:`dsa_tf.strip` gives), both as fractions. ``keep_ratio_trace`` lists, after every
+    ADMM iteration this callback ran, ``(iteration, {group: keep ratio})``: how the
+    allocation converged (``dsa-tf prune`` plots it as ``allocation_trace.png``).
 
     Resuming: everything the allocation needs lives in the gates' variables (phase, beta2,
     the step counter, the ADMM state, the frozen masks); the position in ``alpha_data`` is
@@ -180,6 +183,7 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         self._batches = None
         self._epoch = 0
         self._steps_per_epoch: int | None = None
+        self.keep_ratio_trace: list[tuple[int, dict[str, float]]] = []
 
     # ----------------------------------------------------------------- set-up
     def on_train_begin(self, logs: dict | None = None) -> None:
@@ -335,6 +339,8 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
             raise FloatingPointError(self._failure(
                 "the keep-ratio update on the next alpha_data batch is not finite (it was not "
                 "applied)", batch))
+        self.keep_ratio_trace.append((int(self.gates[0].admm_step.numpy()), {
+            gate.group: float(gate.keep_ratio()) for gate in self.gates}))
 
     def _meets_budget(self, hard: dict[str, float] | None = None) -> bool:
         hard = hard or self._ratios(hard=True)

@@ -11,8 +11,10 @@ The run directory holds ``config.json``, ``history.csv``, ``backup/`` (Keras Bac
 the same call, or the same ``dsa-tf prune`` command, resumes an interrupted training at the
 last finished epoch), ``gated.keras`` (the trained gated model; a run that finished training
 skips it when started again), ``stripped.keras``, ``unpruned*.tflite``, ``stripped*.tflite``,
-``report.json``, ``allocation.png``, ``reference.keras`` (the unpruned network trained on the
-same schedule, with ``--reference``) and, when TensorBoard is installed, ``tensorboard/``.
+``report.json``, ``allocation.png``, ``keep_ratio_trace.csv`` and ``allocation_trace.png``
+(each group's keep ratio after every ADMM iteration), ``reference.keras`` (the unpruned
+network trained on the same schedule, with ``--reference``) and, when TensorBoard is
+installed, ``tensorboard/``.
 
 Example (the quick schedule on CIFAR-10, about 10 minutes on 2 CPU cores)::
 
@@ -51,11 +53,12 @@ from dsa_tf.deploy.verify import ExportVerificationError
 from dsa_tf.models import cifar_resnet
 from dsa_tf.run import data
 from dsa_tf.run.config import RunConfig
-from dsa_tf.run.report import plot_allocation, summary_table
+from dsa_tf.run.report import plot_allocation, plot_trace, summary_table
 from dsa_tf.structure.counting import count_flops, count_params
 from dsa_tf.structure.graph import analyze
 
 FROM_SCRATCH_BN_MOMENTUM = 0.9
+TRACE_FILE = "keep_ratio_trace.csv"
 
 
 def run_pruning(config: RunConfig, *, callbacks: Sequence[Any] = (), verbose: int = 1) -> dict:
@@ -111,6 +114,7 @@ def run_pruning(config: RunConfig, *, callbacks: Sequence[Any] = (), verbose: in
                                                       verbose), *callbacks])
             gated.save(gated_path)
         report["history"] = _read_history(os.path.join(out, "history.csv"))
+        report["keep_ratio_trace"] = _read_history(os.path.join(out, TRACE_FILE))
 
     if config.reference and not config.init:
         with log.phase("reference"):
@@ -176,6 +180,8 @@ def run_pruning(config: RunConfig, *, callbacks: Sequence[Any] = (), verbose: in
     with open(os.path.join(out, "report.json"), "w") as file:
         json.dump(report, file, indent=2, default=_json_default)
     plot_allocation(report, os.path.join(out, "allocation.png"))
+    if report["keep_ratio_trace"]:
+        plot_trace(report["keep_ratio_trace"], os.path.join(out, "allocation_trace.png"))
     if verbose:
         print(summary_table(report), flush=True)
         print(f"run directory: {out}", flush=True)
@@ -277,14 +283,21 @@ def _compile(model: Any, config: RunConfig, keras: Any, from_logits: bool,
 
 def _training_callbacks(config: RunConfig, splits: Any, out: str, keras: Any,
                         from_logits: bool, verbose: int) -> list:
-    started = {}
+    started, written = {}, {"iterations": 0}
+    allocation = _allocation_callback(config, splits, keras, from_logits, verbose)
+
+    def epoch_end(epoch: int, logs: dict) -> None:
+        logs.update(epoch_seconds=time.perf_counter() - started["epoch"])
+        trace = getattr(allocation, "keep_ratio_trace", [])  # DSACallback's
+        _append_trace(os.path.join(out, TRACE_FILE), trace[written["iterations"]:])
+        written["iterations"] = len(trace)
+
     callbacks = [  # the allocation first: its epoch and batch updates precede the backup
-        _allocation_callback(config, splits, keras, from_logits, verbose),
+        allocation,
         keras.callbacks.BackupAndRestore(os.path.join(out, "backup")),
         keras.callbacks.LambdaCallback(  # epoch_seconds goes into the logs before CSVLogger
             on_epoch_begin=lambda epoch, logs: started.update(epoch=time.perf_counter()),
-            on_epoch_end=lambda epoch, logs: logs.update(
-                epoch_seconds=time.perf_counter() - started["epoch"])),
+            on_epoch_end=epoch_end),
         keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
     ]
     with contextlib.suppress(ImportError):
@@ -292,6 +305,25 @@ def _training_callbacks(config: RunConfig, splits: Any, out: str, keras: Any,
 
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(out, "tensorboard")))
     return callbacks
+
+
+def _append_trace(path: str, rows: list[tuple[int, dict[str, float]]]) -> None:
+    """Appends ADMM iterations ``(iteration, {group: keep ratio})`` to the trace CSV.
+
+    Called at the end of each epoch with that epoch's iterations, so that a run resumed from
+    its last finished epoch (which repeats the iterations of the interrupted one) records
+    every iteration once.
+    """
+    if not rows:
+        return
+    groups = list(rows[0][1])
+    new_file = not os.path.exists(path)
+    with open(path, "a", newline="") as file:
+        writer = csv.writer(file)
+        if new_file:
+            writer.writerow(["iteration", *groups])
+        for iteration, ratios in rows:
+            writer.writerow([iteration, *(f"{ratios[g]:.6f}" for g in groups)])
 
 
 def _allocation_callback(config: RunConfig, splits: Any, keras: Any, from_logits: bool,

@@ -132,7 +132,8 @@ def epoch_phases(history: list[dict]) -> dict[str, dict]:
 
 
 def plot_allocation(report: dict, path: str) -> None:
-    """Draws the channels of every pruned group before and after, in network order, as PNG."""
+    """Draws, per pruned group in network order, the channels before and after and, below,
+    the keep ratio beside the group's share of the budgeted resource, as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -140,11 +141,12 @@ def plot_allocation(report: dict, path: str) -> None:
 
     rows = report["allocation"]
     positions = range(len(rows))
-    figure, axes = plt.subplots(figsize=(max(6.0, 0.35 * len(rows) + 2), 4.0))
+    resource = report["config"].get("resource", "flops")
+    figure, (axes, lower) = plt.subplots(
+        2, 1, figsize=(max(6.0, 0.35 * len(rows) + 2), 6.5), sharex=True,
+        gridspec_kw={"height_ratios": [3, 2]})
     axes.bar(positions, [r["channels"] for r in rows], color="#c6dbef", label="unpruned")
     axes.bar(positions, [r["kept"] for r in rows], color="#2171b5", label="kept")
-    axes.set_xticks(list(positions))
-    axes.set_xticklabels([r["group"] for r in rows], rotation=90, fontsize=7)
     axes.set_ylabel("channels")
     config, after = report["config"], report["stripped"]
     accuracy = ""
@@ -154,6 +156,39 @@ def plot_allocation(report: dict, path: str) -> None:
     axes.set_title(f"{config['model']}: {after['flops_ratio']:.1%} of the FLOPs, "
                    f"{after['params_ratio']:.1%} of the params{accuracy}")
     axes.legend()
+    lower.bar(positions, [r["kept"] / r["channels"] for r in rows], color="#2171b5",
+              label="kept fraction")
+    if f"{resource}_share" in rows[0]:
+        lower.plot(positions, [r[f"{resource}_share"] / max(x[f"{resource}_share"]
+                                                           for x in rows) for r in rows],
+                   "o", color="#cb181d", label=f"{resource} share (largest = 1)")
+    lower.set_ylim(0, 1.05)
+    lower.legend(fontsize=7)
+    lower.set_xticks(list(positions))
+    lower.set_xticklabels([r["group"] for r in rows], rotation=90, fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_trace(rows: list[dict], path: str) -> None:
+    """Draws every group's keep ratio over the ADMM iterations (rows of
+    ``keep_ratio_trace.csv``: ``iteration`` and one column per group), as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    groups = [name for name in rows[0] if name != "iteration"]
+    figure, axes = plt.subplots(figsize=(7.0, 4.0))
+    iterations = [row["iteration"] for row in rows]
+    for name in groups:
+        axes.plot(iterations, [row[name] for row in rows], linewidth=1, label=name)
+    axes.set_xlabel("ADMM iteration")
+    axes.set_ylabel("keep ratio")
+    axes.set_ylim(0, 1.02)
+    if len(groups) <= 20:
+        axes.legend(fontsize=6, ncol=2)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
