@@ -61,7 +61,6 @@ import argparse
 import json
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -70,6 +69,7 @@ import numpy as np  # noqa: E402
 
 import dsa_tf  # noqa: E402
 from dsa_tf import _keras  # noqa: E402
+from dsa_tf.allocation.one_shot import baseline_allocator  # noqa: E402
 
 METHODS = ("dsa", "uniform", "magnitude", "taylor")
 FLOWS = ("scratch", "pretrained", "architecture")
@@ -108,18 +108,6 @@ def accuracy(model: Any, splits: Any, keras: Any) -> float:
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     return float(model.evaluate(splits.test, verbose=0, return_dict=True)["accuracy"])
-
-
-def allocator(method: str, budget: float, resource: str, splits: Any,
-              keras: Any) -> Callable[[Any], dict]:
-    """``model -> keep`` of a baseline method at the cell's budget."""
-    if method == "taylor":
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        return lambda model: dsa_tf.taylor_allocation(model, budget, splits.train, loss=loss,
-                                                      batches=TAYLOR_BATCHES, resource=resource)
-    function = {"uniform": dsa_tf.uniform_allocation,
-                "magnitude": dsa_tf.magnitude_allocation}[method]
-    return lambda model: function(model, budget, resource=resource)
 
 
 def pretrained(arch: str, seed: int, splits: Any, args: argparse.Namespace, keras: Any) -> Any:
@@ -167,9 +155,11 @@ def run_one(arch: str, budget: float, flow: str, method: str, seed: int, splits:
         if method == "dsa":
             callback = dsa_tf.DSACallback(splits.alpha, warmup_epochs=warmup, verbose=0)
         else:
-            callback = dsa_tf.OneShotCallback(
-                allocator(method, budget, resource, splits, keras), warmup_epochs=warmup,
-                verbose=0)
+            taylor = {"data": splits.train, "batches": TAYLOR_BATCHES,
+                      "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True)}
+            allocate = baseline_allocator(method, budget, resource=resource,
+                                          **(taylor if method == "taylor" else {}))
+            callback = dsa_tf.OneShotCallback(allocate, warmup_epochs=warmup, verbose=0)
         compile_for(gated, lr, epochs, splits.steps_per_epoch, keras)
         gated.fit(splits.train, epochs=epochs, verbose=0, callbacks=[callback])
         status = dsa_tf.budget_status(gated)

@@ -9,6 +9,7 @@ import dsa_tf
 from dsa_tf import _keras
 from dsa_tf.allocation.gated_model import gates_of
 from dsa_tf.allocation.gates import FROZEN, is_gate
+from dsa_tf.allocation.one_shot import baseline_allocator
 from dsa_tf.allocation.schedule import plan_schedule
 
 from masking import randomize
@@ -374,3 +375,16 @@ def test_one_shot_callback_refuses_bad_input(keras):
     with pytest.raises(ValueError, match="DSA's allocation is running"):
         gated.fit(_data(), epochs=1, verbose=0,
                   callbacks=[dsa_tf.OneShotCallback(lambda m: {}, verbose=0)])
+
+
+def test_baseline_allocator_by_name(keras):
+    model = _net(keras)
+    for name in ALLOCATORS:
+        extra = {"data": _data(), "batches": 2,
+                 "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True)}
+        allocate = baseline_allocator(
+            name, 0.5, resource="params", **(extra if name == "taylor" else {}))
+        assert {g: list(k) for g, k in allocate(model).items()} == {
+            g: list(k) for g, k in _allocate(keras, name, model, 0.5, resource="params").items()}
+    with pytest.raises(ValueError, match="Unknown baseline allocator 'random'"):
+        baseline_allocator("random", 0.5)

@@ -25,7 +25,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from dsa_tf import _keras
@@ -33,9 +33,44 @@ from dsa_tf.allocation.apply import apply_allocation
 from dsa_tf.allocation.gated_model import gates_of
 from dsa_tf.allocation.gated_strip import strip
 from dsa_tf.allocation.gates import FROZEN, STOCHASTIC
+from dsa_tf.allocation.magnitude import magnitude_allocation
 from dsa_tf.allocation.schedule import check_settings, plan_schedule
+from dsa_tf.allocation.taylor import taylor_allocation
+from dsa_tf.allocation.uniform import uniform_allocation
 
 Allocator = Callable[[Any], Mapping[str, Any]]
+BASELINES = ("uniform", "magnitude", "taylor")
+
+
+def baseline_allocator(name: str, budget: float | Mapping[str, float], *,
+                       data: Iterable | None = None, loss: Any = None,
+                       **settings: Any) -> Allocator:
+    """The allocator ``model -> keep`` of a baseline named ``name`` at ``budget``.
+
+    Args:
+        name: "uniform", "magnitude" or "taylor".
+        budget: as for :func:`dsa_tf.prune_to_budget`.
+        data: the ``(x, y)`` batches Taylor scores are taken on (taylor only).
+        loss: the loss of the Taylor scores (taylor only; default: the compiled one).
+        **settings: ``resource``, ``min_channels``, ``round_to``, ``exclude``, and for taylor
+            ``batches``.
+
+    Raises:
+        ValueError: an unknown name.
+
+    Example:
+        >>> import dsa_tf
+        >>> allocate = baseline_allocator("uniform", 0.5, round_to=4)
+        >>> keep = allocate(dsa_tf.models.cifar_resnet(20))
+        >>> sorted({len(k) for k in keep.values()})
+        [12, 20, 44]
+    """
+    if name == "taylor":
+        return lambda model: taylor_allocation(model, budget, data, loss=loss, **settings)
+    functions = {"uniform": uniform_allocation, "magnitude": magnitude_allocation}
+    if name not in functions:
+        raise ValueError(f"Unknown baseline allocator {name!r}; use one of {BASELINES}.")
+    return lambda model: functions[name](model, budget, **settings)
 
 
 class OneShotCallback(_keras.default_keras().callbacks.Callback):

@@ -41,12 +41,9 @@ from dsa_tf import _keras
 from dsa_tf.allocation.callback import DSACallback
 from dsa_tf.allocation.gated_model import gates_of
 from dsa_tf.allocation.gated_strip import strip
-from dsa_tf.allocation.magnitude import magnitude_allocation
-from dsa_tf.allocation.one_shot import OneShotCallback
+from dsa_tf.allocation.one_shot import OneShotCallback, baseline_allocator
 from dsa_tf.allocation.prune import prune_to_budget
 from dsa_tf.allocation.report import allocation_report, budget_status
-from dsa_tf.allocation.taylor import taylor_allocation
-from dsa_tf.allocation.uniform import uniform_allocation
 from dsa_tf.deploy.export import export_tflite
 from dsa_tf.deploy.timing import compare_tflite_latency
 from dsa_tf.deploy.verify import ExportVerificationError
@@ -332,15 +329,10 @@ def _allocation_callback(config: RunConfig, splits: Any, keras: Any, from_logits
     if config.allocation == "dsa":
         return DSACallback(splits.alpha, warmup_epochs=config.warmup_epochs,
                            update_every=config.update_every, verbose=int(verbose > 0))
-    settings = {"resource": config.resource, "round_to": config.round_to}
-    if config.allocation == "taylor":
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
-        allocate = lambda model: taylor_allocation(  # noqa: E731
-            model, config.budget, splits.train, loss=loss, **settings)
-    else:
-        allocator = {"uniform": uniform_allocation,
-                     "magnitude": magnitude_allocation}[config.allocation]
-        allocate = lambda model: allocator(model, config.budget, **settings)  # noqa: E731
+    data = {"data": splits.train, "loss": keras.losses.SparseCategoricalCrossentropy(
+        from_logits=from_logits)} if config.allocation == "taylor" else {}
+    allocate = baseline_allocator(config.allocation, config.budget, resource=config.resource,
+                                  round_to=config.round_to, **data)
     return OneShotCallback(allocate, warmup_epochs=config.warmup_epochs,
                            verbose=int(verbose > 0))
 

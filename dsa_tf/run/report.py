@@ -159,9 +159,9 @@ def plot_allocation(report: dict, path: str) -> None:
     lower.bar(positions, [r["kept"] / r["channels"] for r in rows], color="#2171b5",
               label="kept fraction")
     if f"{resource}_share" in rows[0]:
-        lower.plot(positions, [r[f"{resource}_share"] / max(x[f"{resource}_share"]
-                                                           for x in rows) for r in rows],
-                   "o", color="#cb181d", label=f"{resource} share (largest = 1)")
+        shares = [r[f"{resource}_share"] for r in rows]
+        lower.plot(positions, [share / max(shares) for share in shares], "o", color="#cb181d",
+                   label=f"{resource} share (largest = 1)")
     lower.set_ylim(0, 1.05)
     lower.legend(fontsize=7)
     lower.set_xticks(list(positions))
