@@ -2,18 +2,24 @@
 
 A table has one entry per operator signature (kind, kernel, strides, padding, spatial size:
 :mod:`dsa_tf.structure.operators`), shared by every layer with that signature, holding the
-invoke time in milliseconds on a grid of kept input and output channel counts. The grid
-resolves the runtime's steps: every multiple of ``step`` up to the full width, plus 1 and the
-full width (``step`` 8 for up to 64 channels, else 16, so at most about 17 points per axis).
-Each grid point is a single-operator ``.tflite`` model (the operator alone, batch 1, random
-weights) timed as :func:`dsa_tf.benchmark_tflite` does (min of invokes, median of rounds). The
-table records the device, runtime version, precision and threads it was measured with, and
-saves as JSON, so it can be measured on the target device and used elsewhere.
+invoke time in milliseconds on a grid of kept input and output channel counts. CPU runtimes
+compute output channels in tiles (XNNPACK: 8 or 16 per vector register block), so the time
+is a step function of the output channels, and a count just past a multiple of the tile costs
+as much as the next multiple or more (measured in BENCHMARKS.md, "Latency budgets"); the
+input channels enter about linearly. The output grid (and a depthwise operator's channel
+grid) is therefore every multiple of ``step`` (8) up to the full width, plus 1 and the full
+width; the input grid is 1, half and the full width (:func:`input_grid`). Latency-budgeted
+groups keep multiples of ``step`` (:func:`dsa_tf.allocation.budget.validated_budget`), so the
+counts a pruned model keeps are measured points of its output grid. Each grid point is a
+single-operator ``.tflite`` model (the operator alone, batch 1, random weights) timed as
+:func:`dsa_tf.benchmark_tflite` does (min of invokes, median of rounds). The table records
+the device, runtime version, precision, threads and step it was measured with, and saves as
+JSON, so it can be measured on the target device and used elsewhere.
 
 Example:
-    >>> from dsa_tf.deploy.latency_table import channel_grid
-    >>> channel_grid(16), channel_grid(20)
-    ([1, 8, 16], [1, 8, 16, 20])
+    >>> from dsa_tf.deploy.latency_table import channel_grid, input_grid
+    >>> channel_grid(16), channel_grid(20), input_grid(64)
+    ([1, 8, 16], [1, 8, 16, 20], [1, 32, 64])
 """
 
 from __future__ import annotations
@@ -34,14 +40,21 @@ from dsa_tf.deploy import litert
 
 KINDS = ("Conv1D", "Conv2D", "Dense", "DepthwiseConv1D", "DepthwiseConv2D")
 PRECISIONS = ("float32", "int8")
+STEP = 8  # output channel grid: the tile of XNNPACK's float32 kernels on AVX2 and NEON
 
 
-def channel_grid(channels: int, step: int | None = None, also: Iterable[int] = ()) -> list[int]:
-    """The channel counts measured for an axis of ``channels`` channels: 1, the multiples of
-    ``step`` (default 8 up to 64 channels, else 16), ``channels`` and the counts in ``also``
-    (the full widths of the other operators sharing the signature)."""
-    step = step or (8 if channels <= 64 else 16)
+def channel_grid(channels: int, step: int = STEP, also: Iterable[int] = ()) -> list[int]:
+    """The output channel counts measured for ``channels`` channels: 1, the multiples of
+    ``step``, ``channels`` and the counts in ``also`` (the full widths of the other operators
+    sharing the signature)."""
     return sorted({1, channels, *range(step, channels + 1, step), *also})
+
+
+def input_grid(channels: int, step: int = STEP, also: Iterable[int] = ()) -> list[int]:
+    """The input channel counts measured for ``channels`` channels (time is about linear in
+    them): 1, half the width (a multiple of ``step``), ``channels`` and ``also``."""
+    half = max(step, round(channels / 2 / step) * step)
+    return sorted({1, channels, *([half] if half < channels else []), *also})
 
 
 @dataclasses.dataclass
@@ -53,15 +66,22 @@ class LatencyTable:
         runtime: the LiteRT (or TensorFlow Lite) version.
         precision: "float32" or "int8".
         threads: interpreter threads.
+        step: the output channel grid's step, which latency-budgeted groups keep multiples of.
         entries: per signature (a JSON string of the signature dict): ``channels_in`` and
             ``channels_out`` grids and ``ms``, the invoke times [len(in), len(out)].
+        calibrations: per model (its :func:`dsa_tf.deploy.latency_model.fingerprint`): how
+            the operators' sum maps to the whole model's measured latency, ``fixed_ms`` and
+            ``scale`` (measured = fixed_ms + scale x sum), with the ``points`` they were
+            fitted to (``[operators' sum, measured]`` in ms, the first at full width).
     """
 
     device: str
     runtime: str
     precision: str
     threads: int
+    step: int = STEP
     entries: dict[str, dict] = dataclasses.field(default_factory=dict)
+    calibrations: dict[str, dict] = dataclasses.field(default_factory=dict)
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes the table as JSON."""
@@ -87,6 +107,19 @@ class LatencyTable:
             if ms.shape != shape or not np.all(np.isfinite(ms)) or np.any(ms < 0):
                 raise ValueError(f"{path}: the entry {key} has times of shape {ms.shape} for "
                                  f"a grid of {shape}, or times that are not finite and >= 0.")
+        for key, calibration in values.get("calibrations", {}).items():
+            if not all(isinstance(calibration.get(name), (int, float))
+                       for name in ("fixed_ms", "scale")) or calibration["scale"] <= 0:
+                raise ValueError(f"{path}: the calibration {key} needs numbers fixed_ms and "
+                                 f"scale > 0, got {calibration}.")
+        if not isinstance(values.get("step", STEP), int) or values.get("step", STEP) < 1:
+            raise ValueError(f"{path}: step must be a positive integer, got {values['step']!r}.")
+        if values["precision"] not in PRECISIONS:
+            raise ValueError(f"{path}: precision must be one of {PRECISIONS}, got "
+                             f"{values['precision']!r}.")
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"{path} is not a latency table: unknown fields {unknown}.")
         return cls(**values)
 
 
@@ -186,35 +219,58 @@ def time_tflite(content: bytes, threads: int = 1, rounds: int = 5, invokes: int 
     return float(np.median(minima))
 
 
+def this_device() -> str:
+    """The device name a table measured here records."""
+    return f"{platform.platform()} {platform.processor()}".strip()
+
+
 def measure_table(signatures: Iterable[tuple[dict, int, int]], *, precision: str = "float32",
-                  threads: int = 1, step: int | None = None, rounds: int = 5,
-                  invokes: int = 20, progress: Callable[[str], None] | None = print
-                  ) -> LatencyTable:
+                  threads: int = 1, step: int = STEP, rounds: int = 5,
+                  invokes: int = 20, table: LatencyTable | None = None,
+                  progress: Callable[[str], None] | None = print) -> LatencyTable:
     """Measures the table of the given ``(signature, channels_in, channels_out)`` operators.
 
-    Signatures are measured once each, on ``channel_grid`` of the widest full widths seen for
-    the signature, with every full width seen added to the grid (a stem convolution's 3 input
-    channels share the signature of the 16-channel convolutions after it). Depthwise
-    operators keep their depth multiplier: their grid is over the input channels only
-    (``channels_out`` = multiplier x ``channels_in``).
+    Signatures are measured once each, on :func:`input_grid` x :func:`channel_grid` of the
+    widest full widths seen for the signature, with every full width seen added to the grid
+    (a stem convolution's 3 input channels share the signature of the 16-channel
+    convolutions after it). Depthwise operators keep their depth multiplier: their grid is
+    :func:`channel_grid` over the input channels (``channels_out`` = multiplier x
+    ``channels_in``). With ``table``, only the signatures it
+    lacks (or whose grid is too narrow) are measured, into a copy of it.
+
+    Raises:
+        ValueError: a ``table`` of another precision or thread count, or an unknown kind.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+    if table is None:
+        table = LatencyTable(device=this_device(), runtime=runtime_version(),
+                             precision=precision, threads=threads, step=step)
+    elif (table.precision, table.threads, table.step) != (precision, threads, step):
+        raise ValueError(f"The table was measured in {table.precision} with {table.threads} "
+                         f"thread(s) on a grid step of {table.step}; cannot extend it with "
+                         f"{precision}, {threads} thread(s), step {step}.")
+    else:
+        table = dataclasses.replace(table, entries=dict(table.entries),
+                                    calibrations=dict(table.calibrations))
     widths: dict[str, tuple[dict, set, set]] = {}
     for signature, channels_in, channels_out in signatures:
         _, ins, outs = widths.setdefault(signature_key(signature), (signature, set(), set()))
         ins.add(int(channels_in))
         outs.add(int(channels_out))
-    table = LatencyTable(device=f"{platform.platform()} {platform.processor()}".strip(),
-                         runtime=_runtime_version(), precision=precision, threads=threads)
+    widths = {key: value for key, value in widths.items()
+              if not _covers(table.entries.get(key), max(value[1]), max(value[2]))}
     started = time.perf_counter()
     for number, (key, (signature, ins, outs)) in enumerate(widths.items(), 1):
         wide_in, wide_out = max(ins), max(outs)
-        grid_in = channel_grid(wide_in, step, ins)
         if signature["kind"].startswith("Depthwise"):
+            grid_in = channel_grid(wide_in, step, ins)
             multiplier = max(1, wide_out // wide_in)
             grid_out = [multiplier]  # the output follows the input
             ms = [[time_tflite(operator_tflite(signature, n, n * multiplier, precision),
                                threads, rounds, invokes)] for n in grid_in]
         else:
+            grid_in = input_grid(wide_in, step, ins)
             grid_out = channel_grid(wide_out, step, outs)
             ms = [[time_tflite(operator_tflite(signature, n, m, precision), threads, rounds,
                                invokes) for m in grid_out] for n in grid_in]
@@ -227,7 +283,13 @@ def measure_table(signatures: Iterable[tuple[dict, int, int]], *, precision: str
     return table
 
 
-def _runtime_version() -> str:
+def _covers(entry: dict | None, channels_in: int, channels_out: int) -> bool:
+    return entry is not None and entry["channels_in"][-1] >= channels_in and (
+        len(entry["channels_out"]) == 1 or entry["channels_out"][-1] >= channels_out)
+
+
+def runtime_version() -> str:
+    """The LiteRT (ai-edge-litert) or TensorFlow Lite version timings here are made with."""
     with contextlib.suppress(ImportError, AttributeError):
         import ai_edge_litert
 
