@@ -169,12 +169,15 @@ def run_pruning(config: RunConfig, *, callbacks: Sequence[Any] = (), verbose: in
                 log.say(result.summary())
 
     with log.phase("latency"):
+        # Under a latency budget: the table's prediction beside the times, measured with the
+        # table's threads (on this machine; a table of another device predicts that device).
+        predicted = predicted_latency(gated) if gates_of(gated)[0].latency_table else None
         latencies = compare_tflite_latency([r.path for r in tflite.values()],
+                                           threads=predicted["threads"] if predicted else 1,
                                            rounds=config.latency_runs)
         for (label, kind), latency in zip(tflite, latencies):
             report[label]["tflite"][kind]["latency"] = latency.to_dict()
-        if gates_of(gated)[0].latency_table:  # the latency budget's table, beside the times
-            predicted = predicted_latency(gated)
+        if predicted:
             kind = predicted["precision"]
             for label in ("unpruned", "stripped"):
                 if (label, kind) in tflite:
