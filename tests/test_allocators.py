@@ -280,7 +280,7 @@ def test_allocators_refuse_bad_budgets(keras, allocator):
         (0.0, {}, "positive finite"),
         ("0.5", {}, "positive finite"),
         ({}, {}, "empty"),
-        (0.5, {"resource": "latency"}, "Unknown resource 'latency'"),
+        (0.5, {"resource": "energy"}, "Unknown resource 'energy'"),
         (1e12, {}, "exceeds the model's"),
         (0.001, {}, "smallest reachable value"),
         (0.5, {"round_to": 0}, "round_to must be a positive integer"),

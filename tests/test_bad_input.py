@@ -42,8 +42,8 @@ def _compiled(keras, model):
     (True, "positive finite number, got True"),
     ("0.5", "positive finite number, got '0.5'"),
     ({"params": -1}, "params budget must be a positive finite number, got -1"),
-    ({"flops": 0.5, "latency": 0.5}, "Unknown resource 'latency'"),
-    (1e9, r"exceeds the model's .*\(a budget above 1 is an absolute count"),
+    ({"flops": 0.5, "energy": 0.5}, "Unknown resource 'energy'"),
+    (1e9, r"exceeds the model's .*\(a budget above 1 is an absolute amount"),
     (2.0, r"budget 2\.0 \(0\.0000\) .*cannot be met: .* smallest reachable value is"),  # 2 FLOPs
 ])
 def test_bad_budget_is_refused_and_the_model_untouched(keras, budget, message):

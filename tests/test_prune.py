@@ -135,7 +135,7 @@ def test_keep_ratio_gets_a_straight_through_gradient(keras):
     (0.0, "flops", "positive finite"),
     (-0.5, "flops", "positive finite"),
     (float("nan"), "flops", "positive finite"),
-    (0.5, "latency", "Unknown resource 'latency'"),
+    (0.5, "energy", "Unknown resource 'energy'"),
     (1e12, "flops", "exceeds the model's"),
     (0.001, "flops", r"smallest reachable value is 0\.0"),
     ({}, "flops", "empty"),

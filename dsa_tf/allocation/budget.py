@@ -1,18 +1,19 @@
 """Budgets: validating them, and the resources an integer channel configuration uses.
 
 Every allocator (DSA's gates, the baselines) takes the same budget forms: a fraction of the
-model's FLOPs or params, an absolute count, or a dict of several constraints that must all
-hold. :func:`budget_fractions` turns any of them into fractions of the full model, and
-:func:`usage` measures a configuration of kept channel counts (one per prunable group) with
-the plan's quadratic resource models, which are exact at integer counts: ``usage`` equals
-``count_flops`` / ``count_params`` of the stripped model divided by the full model's.
+model's FLOPs, params or latency, an absolute count (or milliseconds of latency), or a dict of
+several constraints that must all hold. :func:`budget_fractions` turns any of them into
+fractions of the full model, and :func:`usage` measures a configuration of kept channel counts
+(one per prunable group) with the model's :class:`ResourceModel`, exact at integer counts:
+``usage`` equals ``count_flops`` / ``count_params`` of the stripped model divided by the full
+model's, and the latency the table predicts for it over the full model's.
 
 Example:
     >>> import numpy as np, dsa_tf
-    >>> plan = dsa_tf.analyze(dsa_tf.models.cifar_resnet(20))
-    >>> fractions = budget_fractions(plan, {"flops": 0.5, "params": 0.6})
-    >>> half = np.array([g.channels // 2 for g in plan.prunable])
-    >>> meets(plan, fractions, half), round(usage(plan, half, ["flops"])["flops"], 3)
+    >>> resources = ResourceModel(dsa_tf.analyze(dsa_tf.models.cifar_resnet(20)))
+    >>> fractions = budget_fractions(resources, {"flops": 0.5, "params": 0.6})
+    >>> half = np.array([g.channels // 2 for g in resources.plan.prunable])
+    >>> meets(resources, fractions, half), round(usage(resources, half, ["flops"])["flops"], 3)
     (True, 0.253)
 """
 
@@ -25,9 +26,8 @@ from typing import Any
 import numpy as np
 
 from dsa_tf.allocation.keep_process import kept_count
+from dsa_tf.allocation.resources import RESOURCES, UNITS, ResourceModel, latency_table_path
 from dsa_tf.structure.graph import ChannelPlan, analyze
-
-RESOURCES = ("flops", "params")
 
 
 def check_rounding(min_channels: Any, round_to: Any) -> None:
@@ -46,40 +46,38 @@ def fewest_counts(plan: ChannelPlan, min_channels: int = 1, round_to: int = 1) -
     return np.asarray(kept_count(0.0, channels, min_channels, round_to), dtype=np.int64)
 
 
-def usage(plan: ChannelPlan, counts: np.ndarray, resources: Iterable[str]) -> dict[str, float]:
+def usage(resources: ResourceModel, counts: np.ndarray, names: Iterable[str]
+          ) -> dict[str, float]:
     """Each resource of the model stripped to ``counts`` kept channels per prunable group, as
-    a fraction of the full model's (exact: integer counts over integer counts).
+    a fraction of the full model's (exact: integer counts over integer counts; latency as the
+    table predicts it).
 
     Args:
-        plan: the model's channel plan.
+        resources: the model's resource model.
         counts: kept channel count of every group of ``plan.prunable``, in that order.
-        resources: names among ``RESOURCES``.
+        names: names among ``RESOURCES``.
     """
-    channels = np.array([g.channels for g in plan.prunable], dtype=np.float64)
-    ratios = np.asarray(counts, dtype=np.float64) / channels
-    result = {}
-    for name in resources:
-        form = getattr(plan, name)
-        result[name] = round(form(ratios)) / round(form(np.ones(len(channels))))
-    return result
+    channels = np.array([g.channels for g in resources.plan.prunable], dtype=np.float64)
+    return resources.fractions(np.asarray(counts, dtype=np.float64) / channels, names)
 
 
-def meets(plan: ChannelPlan, fractions: Mapping[str, float], counts: np.ndarray) -> bool:
+def meets(resources: ResourceModel, fractions: Mapping[str, float], counts: np.ndarray) -> bool:
     """Whether ``counts`` (one per prunable group) meets every constraint of ``fractions``."""
-    used = usage(plan, counts, fractions)
+    used = usage(resources, counts, fractions)
     return all(used[name] <= fraction for name, fraction in fractions.items())
 
 
-def budget_fractions(plan: ChannelPlan, budget: float | Mapping[str, float],
+def budget_fractions(resources: ResourceModel, budget: float | Mapping[str, float],
                      resource: str = "flops", min_channels: int = 1,
                      round_to: int = 1) -> dict[str, float]:
     """Validates a budget and returns it as fractions of the model's resources.
 
     Args:
-        plan: the model's channel plan.
-        budget: a fraction (0 < budget <= 1) or an absolute count (> 1) of ``resource``, or a
-            dict ``{"flops": 0.5, "params": 0.4}`` of constraints that must all hold.
-        resource: "flops" or "params", when ``budget`` is a number.
+        resources: the model's resource model (with a latency table for latency budgets).
+        budget: a fraction (0 < budget <= 1) or an absolute amount (> 1: a count of FLOPs or
+            params, milliseconds of latency) of ``resource``, or a dict
+            ``{"flops": 0.5, "params": 0.4}`` of constraints that must all hold.
+        resource: "flops", "params" or "latency", when ``budget`` is a number.
         min_channels: the fewest channels every group keeps.
         round_to: groups keep multiples of this many channels (or all of them).
 
@@ -91,13 +89,14 @@ def budget_fractions(plan: ChannelPlan, budget: float | Mapping[str, float],
 
     Example:
         >>> import dsa_tf
-        >>> plan = dsa_tf.analyze(dsa_tf.models.cifar_resnet(20))
-        >>> budget_fractions(plan, 0.5, resource="params")
+        >>> resources = ResourceModel(dsa_tf.analyze(dsa_tf.models.cifar_resnet(20)))
+        >>> budget_fractions(resources, 0.5, resource="params")
         {'params': 0.5}
     """
+    plan = resources.plan
     constraints = dict(budget) if isinstance(budget, Mapping) else {resource: budget}
     if not constraints:
-        raise ValueError("budget is an empty dict; give at least one of 'flops', 'params'.")
+        raise ValueError(f"budget is an empty dict; give at least one of {RESOURCES}.")
     if not plan.prunable:
         raise ValueError(f"{plan.model.name!r} has no prunable channel group; "
                          f"dsa_tf.analyze(model) lists every group and why it is not prunable.")
@@ -106,38 +105,53 @@ def budget_fractions(plan: ChannelPlan, budget: float | Mapping[str, float],
     for name, value in constraints.items():
         if name not in RESOURCES:
             raise ValueError(f"Unknown resource {name!r}; use one of {RESOURCES}.")
-        full = round(getattr(plan, name)(np.ones(len(plan.prunable))))
+        full = resources.full(name)
         if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
                 or not math.isfinite(value) or value <= 0:
             raise ValueError(f"The {name} budget must be a positive finite number, got {value!r}.")
         fraction = float(value) if value <= 1 else float(value) / full
         if fraction > 1:
-            raise ValueError(f"The {name} budget {value:,} exceeds the model's {full:,} {name} "
-                             f"(a budget above 1 is an absolute count; a share is in (0, 1]).")
-        reachable = usage(plan, lowest, [name])[name]
+            raise ValueError(f"The {name} budget {value:,} exceeds the model's {full:,.6g} "
+                             f"{UNITS[name]} (a budget above 1 is an absolute amount; a share "
+                             f"is in (0, 1]).")
+        reachable = usage(resources, lowest, [name])[name]
         if fraction < reachable:
             given = f"{fraction:.4f}" if value <= 1 else f"{value:,} ({fraction:.4f})"
             raise ValueError(
-                f"The {name} budget {given} (of the model's {full:,} {name}) cannot be met: with "
-                f"min_channels={min_channels}, round_to={round_to} in every prunable group the "
-                f"smallest reachable value is {reachable:.4f} ({reachable * full:,.0f} {name}).")
+                f"The {name} budget {given} (of the model's {full:,.6g} {UNITS[name]}) cannot be "
+                f"met: with min_channels={min_channels}, round_to={round_to} in every prunable "
+                f"group the smallest reachable value is {reachable:.4f} "
+                f"({reachable * full:,.6g} {UNITS[name]}).")
         fractions[name] = fraction
     return fractions
 
 
 def validated_budget(model: Any, budget: float | Mapping[str, float], resource: str,
-                     min_channels: int, round_to: int,
-                     exclude: Iterable[str]) -> tuple[ChannelPlan, dict[str, float]]:
+                     min_channels: int, round_to: int | None, exclude: Iterable[str],
+                     latency_table: Any = None,
+                     ) -> tuple[ResourceModel, dict[str, float], int]:
     """Analyzes ``model`` and validates the budget and rounding: the common first step of the
-    allocators. Returns the plan and the budget as fractions (see :func:`budget_fractions`).
+    allocators. Returns the model's resource model, the budget as fractions (see
+    :func:`budget_fractions`) and the rounding: ``round_to``, or if None, 1 for FLOPs and
+    params budgets and the latency table's channel step (8) for a latency budget, whose table
+    measures times at multiples of it (:mod:`dsa_tf.deploy.latency_table`). A latency budget
+    without ``latency_table`` measures one on this device
+    (:func:`dsa_tf.deploy.profile.cached_table`).
 
     Example:
         >>> import dsa_tf
-        >>> plan, fractions = validated_budget(dsa_tf.models.cifar_resnet(20), 0.5, "flops",
-        ...                                    1, 1, ())
-        >>> fractions
-        {'flops': 0.5}
+        >>> resources, fractions, round_to = validated_budget(
+        ...     dsa_tf.models.cifar_resnet(20), 0.5, "flops", 1, None, ())
+        >>> fractions, round_to
+        ({'flops': 0.5}, 1)
     """
-    check_rounding(min_channels, round_to)
+    check_rounding(min_channels, 1 if round_to is None else round_to)
     plan = analyze(model, exclude)
-    return plan, budget_fractions(plan, budget, resource, int(min_channels), int(round_to))
+    names = set(budget) if isinstance(budget, Mapping) else {resource}
+    latency = "latency" in names
+    table = latency_table_path(model, latency_table, exclude) if latency else None
+    resources = ResourceModel(plan, table)
+    if round_to is None:
+        round_to = resources.latency.table.step if latency else 1
+    return resources, budget_fractions(resources, budget, resource, int(min_channels),
+                                       int(round_to)), int(round_to)

@@ -42,6 +42,7 @@ from dsa_tf.allocation.gates import (
     STOCHASTIC,
 )
 from dsa_tf.allocation.keep_gradients import keep_ratio_gradients, resolve_loss
+from dsa_tf.allocation.resources import ResourceModel
 from dsa_tf.allocation.schedule import FINISH_BY, Schedule, check_settings, plan_schedule
 from dsa_tf.structure.graph import analyze
 
@@ -241,16 +242,10 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
                       f"{deadline}")
 
     def _resource_model(self) -> None:
-        """The normalised resource model of each constraint, in the gates' order."""
+        """The resource function of the constraints, of the keep ratios in the gates' order."""
         plan = analyze(self.model, self.gates[0].exclude)
-        perm = gate_order(plan, self.gates)
-        forms = [getattr(plan, name) for name in self.resources]
-        full = [form(np.ones(len(plan.prunable))) for form in forms]
-        self.resource = admm.quadratic_resource(
-            tf.constant(np.stack([f.A[np.ix_(perm, perm)] / t for f, t in zip(forms, full)]),
-                        tf.float32),
-            tf.constant(np.stack([f.b[perm] / t for f, t in zip(forms, full)]), tf.float32),
-            tf.constant([f.c / t for f, t in zip(forms, full)], tf.float32))
+        self.resource = ResourceModel(plan, self.gates[0].latency_table).function(
+            self.resources, order=gate_order(plan, self.gates))
         self.budgets = tf.constant([self.gates[0].budget[n] for n in self.resources], tf.float32)
 
     # ------------------------------------------------------------- the phases

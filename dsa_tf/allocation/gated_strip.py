@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from dsa_tf.allocation.gates import is_gate
+from dsa_tf.allocation.resources import ResourceModel
 from dsa_tf.structure import strip as structure_strip
 from dsa_tf.structure.graph import ChannelPlan, FlatCall, analyze
 
@@ -62,7 +63,8 @@ def strip(model: Any, keep: Mapping[str, Iterable[int]] | None = None, *,
         plan = analyze(model, exclude)
         keep = gate_keep(plan)
         budget = gates[0].budget
-        hard = resource_fractions(plan, keep, list(budget))
+        hard = ResourceModel(plan, gates[0].latency_table).fractions(
+            plan.keep_ratios(keep), budget)
         over = [f"{name} {hard[name]:.4f} > {value:.4f}" for name, value in budget.items()
                 if hard[name] > value]
         if over:
@@ -70,14 +72,6 @@ def strip(model: Any, keep: Mapping[str, Iterable[int]] | None = None, *,
                           f"({', '.join(over)}): its allocation has not met the budget yet "
                           f"(see dsa_tf.budget_status).", stacklevel=2)
     return structure_strip.strip(model, keep, exclude=exclude)
-
-
-def resource_fractions(plan: ChannelPlan, keep: Mapping[str, Iterable[int]],
-                       resources: list[str]) -> dict[str, float]:
-    """Each resource of the model that keeps ``keep``, as a fraction of the full model's."""
-    ratios = plan.keep_ratios(keep)
-    ones = np.ones(len(plan.prunable))
-    return {name: getattr(plan, name)(ratios) / getattr(plan, name)(ones) for name in resources}
 
 
 def gate_group(plan: ChannelPlan, fc: FlatCall) -> tuple[int, np.ndarray, np.ndarray]:

@@ -70,6 +70,8 @@ def make_gate_class(keras: Any) -> type:
             budget: the gated model's budget as fractions, e.g. ``{"flops": 0.5}`` (the same
                 in every gate, recorded so that a saved gated model keeps it).
             exclude: the layer names excluded from pruning when the model was gated.
+            latency_table: the path of the latency table a latency budget is measured with
+                (:func:`dsa_tf.allocation.resources.latency_table_path`), else None.
 
         Example:
             >>> import numpy as np, tensorflow as tf
@@ -85,7 +87,8 @@ def make_gate_class(keras: Any) -> type:
 
         def __init__(self, group: str, channels: int, min_channels: int = 1, round_to: int = 1,
                      seed: int = 0, theta_init: float = 5.0, importance_sources: tuple = (),
-                     budget: dict | None = None, exclude: tuple = (), **kwargs: Any):
+                     budget: dict | None = None, exclude: tuple = (),
+                     latency_table: str | None = None, **kwargs: Any):
             super().__init__(**kwargs)
             self.group = group
             self.channels = int(channels)
@@ -96,6 +99,7 @@ def make_gate_class(keras: Any) -> type:
             self.importance_sources = list(importance_sources)
             self.budget = dict(budget or {})
             self.exclude = list(exclude)
+            self.latency_table = latency_table
             self.theta = self.add_weight(name="theta", shape=(), trainable=False,
                                          initializer=keras.initializers.Constant(theta_init))
             self.importance = self.add_weight(name="importance", shape=(self.channels,),
@@ -186,7 +190,8 @@ def make_gate_class(keras: Any) -> type:
                     "seed": self.seed,
                     "theta_init": self.theta_init,
                     "importance_sources": list(self.importance_sources),
-                    "budget": dict(self.budget), "exclude": list(self.exclude)}
+                    "budget": dict(self.budget), "exclude": list(self.exclude),
+                    "latency_table": self.latency_table}
 
     return ChannelGate
 

@@ -19,9 +19,10 @@ first groups.
 Example:
     >>> import numpy as np, dsa_tf
     >>> from dsa_tf.allocation.budget import budget_fractions
-    >>> plan = dsa_tf.analyze(dsa_tf.models.cifar_resnet(20))
-    >>> scores = {g.name: np.linspace(1, 2, g.channels) for g in plan.prunable}
-    >>> keep = global_allocation(plan, budget_fractions(plan, 0.5), scores)
+    >>> from dsa_tf.allocation.resources import ResourceModel
+    >>> resources = ResourceModel(dsa_tf.analyze(dsa_tf.models.cifar_resnet(20)))
+    >>> scores = {g.name: np.linspace(1, 2, g.channels) for g in resources.plan.prunable}
+    >>> keep = global_allocation(resources, budget_fractions(resources, 0.5), scores)
     >>> keep["stem_conv"].tolist()[:3]   # channels 0-4, the lowest scores, went first
     [5, 6, 7]
 """
@@ -34,16 +35,16 @@ import numpy as np
 
 from dsa_tf.allocation.budget import fewest_counts, meets
 from dsa_tf.allocation.importance import normalised, top_channels
-from dsa_tf.structure.graph import ChannelPlan
+from dsa_tf.allocation.resources import ResourceModel
 
 
-def global_allocation(plan: ChannelPlan, fractions: Mapping[str, float],
+def global_allocation(resources: ResourceModel, fractions: Mapping[str, float],
                       scores: Mapping[str, np.ndarray], min_channels: int = 1,
                       round_to: int = 1) -> dict[str, np.ndarray]:
     """The keep dict of a global threshold on normalised ``scores`` that meets the budget.
 
     Args:
-        plan: the model's channel plan.
+        resources: the model's resource model (its ``plan`` names the groups).
         fractions: the budget as fractions (from
             :func:`dsa_tf.allocation.budget.budget_fractions`, which checks it is reachable).
         scores: ``{group_name: per-channel score}`` for every prunable group; higher is more
@@ -54,16 +55,17 @@ def global_allocation(plan: ChannelPlan, fractions: Mapping[str, float],
     Returns:
         ``{group_name: sorted kept channel indices}`` for every prunable group.
     """
-    counts = removal_counts(plan, fractions, normalised(scores), min_channels, round_to)
-    return top_channels(plan, scores, counts)
+    counts = removal_counts(resources, fractions, normalised(scores), min_channels, round_to)
+    return top_channels(resources.plan, scores, counts)
 
 
-def removal_counts(plan: ChannelPlan, fractions: Mapping[str, float],
+def removal_counts(resources: ResourceModel, fractions: Mapping[str, float],
                    scores: Mapping[str, np.ndarray], min_channels: int = 1,
                    round_to: int = 1) -> np.ndarray:
     """Kept channel counts (one per prunable group) after removing the lowest-scoring steps
     until the budget holds: the fewest steps of the global order that meet it (bisection
     over the number of steps; fewer channels never cost more)."""
+    plan = resources.plan
     channels = np.array([g.channels for g in plan.prunable])
     step_scores, step_shares, step_groups, step_counts = [], [], [], []
     for k, (group, fewest) in enumerate(zip(plan.prunable, fewest_counts(plan, min_channels,
@@ -87,5 +89,6 @@ def removal_counts(plan: ChannelPlan, fractions: Mapping[str, float],
     low, high = 0, len(order)  # after(high): every group at its fewest, which meets the budget
     while low < high:
         middle = (low + high) // 2
-        low, high = (low, middle) if meets(plan, fractions, after(middle)) else (middle + 1, high)
+        met = meets(resources, fractions, after(middle))
+        low, high = (low, middle) if met else (middle + 1, high)
     return after(high)

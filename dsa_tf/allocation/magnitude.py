@@ -35,8 +35,10 @@ from dsa_tf.allocation.importance import channel_importance
 
 
 def magnitude_allocation(model: Any, budget: float | Mapping[str, float], *,
-                         resource: str = "flops", min_channels: int = 1, round_to: int = 1,
-                         exclude: Iterable[str] = ()) -> dict[str, np.ndarray]:
+                         resource: str = "flops", min_channels: int = 1,
+                         round_to: int | None = None,
+                         exclude: Iterable[str] = (), latency_table: Any = None,
+                         ) -> dict[str, np.ndarray]:
     """The channels to keep under one global threshold on normalised weight magnitudes.
 
     Args:
@@ -45,10 +47,12 @@ def magnitude_allocation(model: Any, budget: float | Mapping[str, float], *,
         budget: fraction of the model's resource (0 < budget <= 1), an absolute count, or a
             dict of several constraints such as ``{"flops": 0.5, "params": 0.4}``, as for
             :func:`dsa_tf.prune_to_budget`.
-        resource: "flops" or "params" (for a numeric ``budget``).
+        resource: "flops", "params" or "latency" (for a numeric ``budget``).
         min_channels: the fewest channels any group keeps.
-        round_to: every pruned group keeps a multiple of this many channels, or all of them.
+        round_to: every pruned group keeps a multiple of this many channels, or all of them
+            (default: 1, and for a latency budget the latency table's channel step, 8).
         exclude: layer names whose channels stay whole (see :func:`dsa_tf.analyze`).
+        latency_table: for a latency budget, as for :func:`dsa_tf.prune_to_budget`.
 
     Returns:
         ``{group_name: sorted kept channel indices}`` for every prunable group, what
@@ -65,6 +69,8 @@ def magnitude_allocation(model: Any, budget: float | Mapping[str, float], *,
         >>> all(len(k) % 8 == 0 for k in keep.values())
         True
     """
-    plan, fractions = validated_budget(model, budget, resource, min_channels, round_to, exclude)
-    return global_allocation(plan, fractions, channel_importance(plan, norm_order=2),
+    resources, fractions, round_to = validated_budget(
+        model, budget, resource, min_channels, round_to, exclude, latency_table)
+    plan = resources.plan
+    return global_allocation(resources, fractions, channel_importance(plan, norm_order=2),
                              int(min_channels), int(round_to))

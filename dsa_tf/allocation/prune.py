@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -20,6 +21,7 @@ from dsa_tf.allocation.budget import validated_budget
 from dsa_tf.allocation.gated_model import refresh_importance
 from dsa_tf.allocation.gates import gate_class
 from dsa_tf.allocation.importance import importance_sources
+from dsa_tf.deploy.latency_table import LatencyTable
 from dsa_tf.structure.graph import ChannelPlan, FlatCall, resolve
 from dsa_tf.structure.rules import Depthwise, Through
 from dsa_tf.structure.strip import rebuild
@@ -27,7 +29,8 @@ from dsa_tf.structure.strip import rebuild
 
 def prune_to_budget(model: Any, budget: float | Mapping[str, float], *,
                     resource: str = "flops", exclude: Iterable[str] = (),
-                    min_channels: int = 1, round_to: int = 1, seed: int | None = None) -> Any:
+                    min_channels: int = 1, round_to: int | None = None, seed: int | None = None,
+                    latency_table: str | os.PathLike | LatencyTable | None = None) -> Any:
     """Returns a copy of ``model`` with a ChannelGate for every prunable channel group.
 
     The user's model is not touched: its layers are re-created and their weights copied. Train
@@ -36,15 +39,25 @@ def prune_to_budget(model: Any, budget: float | Mapping[str, float], *,
 
     Args:
         model: a functional or Sequential Keras model (Keras 3 or tf_keras).
-        budget: fraction of the model's resource (0 < budget <= 1), an absolute count, or a
-            dict of several constraints such as ``{"flops": 0.5, "params": 0.4}``.
-        resource: "flops" or "params" (for a numeric ``budget``).
+        budget: fraction of the model's resource (0 < budget <= 1), an absolute amount (a
+            count of FLOPs or params, milliseconds of latency), or a dict of several
+            constraints such as ``{"flops": 0.5, "params": 0.4}`` or
+            ``{"latency": 0.5, "params": 0.6}``.
+        resource: "flops", "params" or "latency" (for a numeric ``budget``). Latency is the
+            LiteRT invoke time predicted by a latency table
+            (:class:`dsa_tf.deploy.latency_model.LatencyModel`).
         exclude: layer names whose channels stay whole (see :func:`dsa_tf.analyze`).
         min_channels: the fewest channels any group keeps.
         round_to: every pruned group keeps a multiple of this many channels, or all of them
             (8 or 16 suit the vector units of CPUs and NPUs; see BENCHMARKS.md). Hard masks
-            round the kept count down, so the stripped model still meets the budget.
+            round the kept count down, so the stripped model still meets the budget. Default:
+            1, and for a latency budget the latency table's channel step (8), the multiples
+            its times are measured at.
         seed: seed of the gates' Bernoulli noise (default: a fixed seed, 0).
+        latency_table: for a latency budget: the path of a table made by ``dsa-tf profile``
+            on the target device, or a :class:`dsa_tf.deploy.latency_table.LatencyTable`;
+            None measures one on this machine (float32, 1 thread; a minute or more, with
+            progress output; cached, so the same model is measured once).
 
     Returns:
         The gated Keras model. Every gate records the budget (as fractions) in its config, so
@@ -56,7 +69,9 @@ def prune_to_budget(model: Any, budget: float | Mapping[str, float], *,
         >>> len(dsa_tf.keep_ratios(gated))
         12
     """
-    plan, fractions = validated_budget(model, budget, resource, min_channels, round_to, exclude)
+    resources, fractions, round_to = validated_budget(
+        model, budget, resource, min_channels, round_to, exclude, latency_table)
+    plan = resources.plan
     ChannelGate = gate_class(_keras.keras_of(model))
     base_seed = 0 if seed is None else int(seed)
     gates = {
@@ -64,6 +79,7 @@ def prune_to_budget(model: Any, budget: float | Mapping[str, float], *,
                             round_to=int(round_to),
                             seed=base_seed * 100_003 + k, budget=fractions,
                             exclude=sorted(set(exclude)),
+                            latency_table=resources.latency_table,
                             name=f"gate_{g.name.replace('/', '_').replace(':', '_')}")
         for k, g in enumerate(plan.prunable)
     }

@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 
 from dsa_tf.allocation.gated_model import gates_of
-from dsa_tf.allocation.gated_strip import gate_keep, gate_order, resource_fractions
+from dsa_tf.allocation.gated_strip import gate_keep, gate_order
 from dsa_tf.allocation.gates import BY_ALLOCATION, BY_ASSIGNMENT, BY_COMPLETION, PHASE_NAMES
+from dsa_tf.allocation.resources import ResourceModel
 from dsa_tf.structure.graph import analyze
 
 
@@ -23,10 +24,10 @@ def allocation_report(model: Any) -> list[dict]:
     """Per gated group: name, channels, kept channels, keep ratio and share of each resource.
 
     ``kept`` is the hard configuration (what :func:`dsa_tf.strip` keeps). ``flops_share`` and
-    ``params_share`` are the group's part of the full model's FLOPs and parameters: the
-    derivative of the resource in the group's keep ratio at full width, over the resource,
-    which counts a convolution between two groups half to each, so the shares of all groups
-    and of what no group prunes add up to 1. A budget is met most cheaply in accuracy by
+    ``params_share`` (and ``latency_share`` under a latency budget) are the group's part of
+    the full model's resource (:meth:`dsa_tf.allocation.resources.ResourceModel.shares`: a
+    convolution between two groups counts half to each), so the shares of all groups and of
+    what no group prunes add up to 1. A budget is met most cheaply in accuracy by
     taking channels where the share is large and the loss does not need them.
 
     Example:
@@ -41,7 +42,9 @@ def allocation_report(model: Any) -> list[dict]:
         raise ValueError(f"{model.name!r} has no ChannelGate; make it with "
                          f"dsa_tf.prune_to_budget(model, budget).")
     plan = analyze(model, gates[0].exclude)
-    shares = {name: _shares(getattr(plan, name)) for name in ("flops", "params")}
+    resources = ResourceModel(plan, gates[0].latency_table)
+    names = ["flops", "params"] + (["latency"] if "latency" in gates[0].budget else [])
+    shares = {name: resources.shares(name) for name in names}
     rows = []
     for gate, k in zip(gates, gate_order(plan, gates)):
         rows.append({"group": gate.group, "channels": gate.channels,
@@ -49,12 +52,6 @@ def allocation_report(model: Any) -> list[dict]:
                      "keep_ratio": float(gate.keep_ratio()),
                      **{f"{name}_share": float(share[k]) for name, share in shares.items()}})
     return rows
-
-
-def _shares(form: Any) -> np.ndarray:
-    """d F / d a_k at a = 1 over F(1): every product term split between its two groups."""
-    ones = np.ones(len(form.b))
-    return ((form.A + form.A.T) @ ones / 2 + form.b) / form(ones)
 
 
 def budget_status(model: Any) -> dict:
@@ -82,7 +79,8 @@ def budget_status(model: Any) -> dict:
                          f"dsa_tf.prune_to_budget(model, budget).")
     first = gates[0]
     plan = analyze(model, first.exclude)
-    hard = resource_fractions(plan, gate_keep(plan), list(first.budget))
+    hard = ResourceModel(plan, first.latency_table).fractions(plan.keep_ratios(gate_keep(plan)),
+                                                             first.budget)
     frozen_by = int(first.frozen_by.numpy())
     return {
         "met": all(hard[name] <= value for name, value in first.budget.items()),
@@ -93,3 +91,22 @@ def budget_status(model: Any) -> dict:
                       BY_ASSIGNMENT: "assignment"}.get(frozen_by),
         "admm_iterations": int(first.admm_step.numpy()),
     }
+
+
+def predicted_latency(model: Any) -> dict:
+    """The latency its table predicts for a gated model with a latency budget: ``unpruned``
+    (every channel kept) and ``stripped`` (its hard configuration, what :func:`dsa_tf.strip`
+    keeps) in ms, and the table's ``precision`` and ``threads``.
+
+    Raises:
+        ValueError: a model without gates, or gated without a latency table.
+    """
+    gates = gates_of(model)
+    if not gates or not gates[0].latency_table:
+        raise ValueError(f"{getattr(model, 'name', model)!r} is not a gated model with a "
+                         f"latency budget (prune_to_budget(..., resource='latency')).")
+    plan = analyze(model, gates[0].exclude)
+    latency = ResourceModel(plan, gates[0].latency_table).latency
+    return {"unpruned": latency.predict(np.ones(len(plan.prunable))),
+            "stripped": latency.predict(plan.keep_ratios(gate_keep(plan))),
+            "precision": latency.table.precision, "threads": latency.table.threads}

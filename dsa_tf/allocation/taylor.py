@@ -48,8 +48,9 @@ from dsa_tf.allocation.prune import prune_to_budget
 
 def taylor_allocation(model: Any, budget: float | Mapping[str, float], data: Iterable, *,
                       loss: Any = None, batches: int = 4, resource: str = "flops",
-                      min_channels: int = 1, round_to: int = 1,
-                      exclude: Iterable[str] = ()) -> dict[str, np.ndarray]:
+                      min_channels: int = 1, round_to: int | None = None,
+                      exclude: Iterable[str] = (), latency_table: Any = None,
+                      ) -> dict[str, np.ndarray]:
     """The channels to keep under one global threshold on normalised Taylor importances.
 
     Args:
@@ -63,10 +64,12 @@ def taylor_allocation(model: Any, budget: float | Mapping[str, float], data: Ite
         loss: ``loss(y_true, y_pred)``, a Keras loss or its name; default: the loss the model
             was compiled with.
         batches: how many batches of ``data`` to accumulate over.
-        resource: "flops" or "params" (for a numeric ``budget``).
+        resource: "flops", "params" or "latency" (for a numeric ``budget``).
         min_channels: the fewest channels any group keeps.
-        round_to: every pruned group keeps a multiple of this many channels, or all of them.
+        round_to: every pruned group keeps a multiple of this many channels, or all of them
+            (default: 1, and for a latency budget the latency table's channel step, 8).
         exclude: layer names whose channels stay whole (see :func:`dsa_tf.analyze`).
+        latency_table: for a latency budget, as for :func:`dsa_tf.prune_to_budget`.
 
     Returns:
         ``{group_name: sorted kept channel indices}`` for every prunable group, what
@@ -86,11 +89,12 @@ def taylor_allocation(model: Any, budget: float | Mapping[str, float], data: Ite
         >>> len(keep) == len(dsa_tf.analyze(model).prunable)
         True
     """
-    plan, fractions = validated_budget(model, budget, resource, min_channels, round_to, exclude)
+    resources, fractions, round_to = validated_budget(
+        model, budget, resource, min_channels, round_to, exclude, latency_table)
     loss_fn = resolve_loss(model, loss, "taylor_allocation")
     scores = taylor_importance(prune_to_budget(model, 1.0, exclude=exclude), loss_fn,
                                _first_batches(data, batches))
-    return global_allocation(plan, fractions, scores, int(min_channels), int(round_to))
+    return global_allocation(resources, fractions, scores, int(min_channels), int(round_to))
 
 
 def taylor_importance(gated: Any, loss_fn: Any, batches: list) -> dict[str, np.ndarray]:

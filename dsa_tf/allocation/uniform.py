@@ -32,8 +32,9 @@ BISECTIONS = 60  # halvings of [0, 1]: far below the spacing of integer channel 
 
 
 def uniform_allocation(model: Any, budget: float | Mapping[str, float], *,
-                       resource: str = "flops", min_channels: int = 1, round_to: int = 1,
-                       exclude: Iterable[str] = ()) -> dict[str, np.ndarray]:
+                       resource: str = "flops", min_channels: int = 1, round_to: int | None = None,
+                       exclude: Iterable[str] = (), latency_table: Any = None,
+                       ) -> dict[str, np.ndarray]:
     """The channels to keep when every prunable group keeps the same ratio.
 
     Args:
@@ -41,10 +42,12 @@ def uniform_allocation(model: Any, budget: float | Mapping[str, float], *,
         budget: fraction of the model's resource (0 < budget <= 1), an absolute count, or a
             dict of several constraints such as ``{"flops": 0.5, "params": 0.4}``, as for
             :func:`dsa_tf.prune_to_budget`.
-        resource: "flops" or "params" (for a numeric ``budget``).
+        resource: "flops", "params" or "latency" (for a numeric ``budget``).
         min_channels: the fewest channels any group keeps.
-        round_to: every pruned group keeps a multiple of this many channels, or all of them.
+        round_to: every pruned group keeps a multiple of this many channels, or all of them
+            (default: 1, and for a latency budget the latency table's channel step, 8).
         exclude: layer names whose channels stay whole (see :func:`dsa_tf.analyze`).
+        latency_table: for a latency budget, as for :func:`dsa_tf.prune_to_budget`.
 
     Returns:
         ``{group_name: sorted kept channel indices}`` for every prunable group, what
@@ -60,17 +63,20 @@ def uniform_allocation(model: Any, budget: float | Mapping[str, float], *,
         >>> sorted({len(k) for k in keep.values()})
         [12, 20, 44]
     """
-    plan, fractions = validated_budget(model, budget, resource, min_channels, round_to, exclude)
+    resources, fractions, round_to = validated_budget(
+        model, budget, resource, min_channels, round_to, exclude, latency_table)
+    plan = resources.plan
     channels = np.array([g.channels for g in plan.prunable])
 
     def counts(ratio: float) -> np.ndarray:
         return np.asarray(kept_count(ratio, channels, int(min_channels), int(round_to)))
 
     low, high = 0.0, 1.0  # counts(0), the fewest channels, meets the budget (validated)
-    if meets(plan, fractions, counts(high)):
+    if meets(resources, fractions, counts(high)):
         low = high
     else:
         for _ in range(BISECTIONS):
             middle = (low + high) / 2
-            low, high = (middle, high) if meets(plan, fractions, counts(middle)) else (low, middle)
+            met = meets(resources, fractions, counts(middle))
+            low, high = (middle, high) if met else (low, middle)
     return top_channels(plan, channel_importance(plan), counts(low))

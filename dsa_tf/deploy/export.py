@@ -141,7 +141,7 @@ def export_tflite(model: Any, path: str | os.PathLike, *, quantize: str | None =
         if not batches:
             raise ValueError("representative_data yielded no batches.")
 
-    content = _convert(model, quantize, batches, int8_io)
+    content = convert(model, quantize, batches, int8_io)
     ops = litert.op_histogram(content)
     flex = litert.flex_ops(ops)
     if flex and not allow_flex:
@@ -233,8 +233,10 @@ def _first_examples(batches: list[dict[str, np.ndarray]],
     return result
 
 
-def _convert(model: Any, quantize: str | None, batches: list[dict[str, np.ndarray]],
-             int8_io: bool) -> bytes:
+def convert(model: Any, quantize: str | None, batches: list[dict[str, np.ndarray]],
+            int8_io: bool = False) -> bytes:
+    """The ``.tflite`` content of ``model``, unverified (``batches`` calibrate ``"int8"``);
+    :func:`export_tflite` converts with it and then verifies."""
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     builtins = tf.lite.OpsSet.TFLITE_BUILTINS
     if quantize is not None:

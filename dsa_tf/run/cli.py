@@ -9,6 +9,13 @@ Commands:
         Prints the before/after table of a finished run.
     dsa-tf benchmark FILE.tflite [FILE.tflite ...] [--threads=1] [--latency_runs=20]
         Times .tflite files side by side in LiteRT.
+    dsa-tf profile MODEL --out=TABLE.json [--image_size=N] [--num_classes=10]
+                   [--precision=float32|int8] [--threads=1] [--extend=OLD.json]
+        Measures MODEL's latency table on this device (run it on the target device: it needs
+        only dsa_tf and LiteRT), for ``dsa-tf prune --resource=latency --latency_table=...``.
+        MODEL is a .keras file, resnetN or a keras.applications name (built at --image_size,
+        default 32 for resnetN and 224 otherwise, with --num_classes outputs); profile the
+        model the pruning run will prune, at its input size.
 
 ``--config`` chooses the schedule (``paper``: DSA's; ``quick``: minutes on a CPU); every other
 flag overrides one of its values. Examples::
@@ -18,6 +25,8 @@ flag overrides one of its values. Examples::
     dsa-tf prune --model=MobileNetV2 --weights=imagenet --dataset=imagenette/160px \\
         --image_size=128 --budget=0.6 --out=runs/mnv2
     dsa-tf report runs/r56
+    dsa-tf profile resnet56 --out=r56_table.json
+    dsa-tf prune --model=resnet56 --resource=latency --latency_table=r56_table.json ...
 """
 
 from __future__ import annotations
@@ -34,7 +43,14 @@ from dsa_tf.run.config import RunConfig, preset
 CONFIG = flags.DEFINE_enum("config", "paper", ["paper", "quick"],
                            "The schedule: the DSA paper's, or a CPU-sized quick one.")
 VERBOSE = flags.DEFINE_integer("verbose", 1, "0 silent, 1 progress, 2 one line per epoch.")
-THREADS = flags.DEFINE_integer("threads", 1, "LiteRT threads for `dsa-tf benchmark`.")
+THREADS = flags.DEFINE_integer("threads", 1,
+                                "LiteRT threads for `dsa-tf benchmark` and `dsa-tf profile`.")
+PRECISION = flags.DEFINE_enum("precision", "float32", ["float32", "int8"],
+                              "Precision of the model `dsa-tf profile` times.")
+NUM_CLASSES = flags.DEFINE_integer("num_classes", 10,
+                                   "Outputs of a model `dsa-tf profile` builds by name.")
+EXTEND = flags.DEFINE_string("extend", None, "A table `dsa-tf profile` extends (only the "
+                             "operators it lacks are measured).")
 
 
 def _define_run_flags() -> None:
@@ -68,8 +84,9 @@ def config_from_flags() -> RunConfig:
 def main(argv: Sequence[str]) -> int:
     """Runs one command; ``argv`` is what absl left after parsing the flags."""
     _quiet_tensorflow()
-    if len(argv) < 2 or argv[1] not in ("prune", "report", "benchmark"):
-        raise app.UsageError("usage: dsa-tf prune|report|benchmark ...; see dsa-tf --help.")
+    if len(argv) < 2 or argv[1] not in ("prune", "report", "benchmark", "profile"):
+        raise app.UsageError("usage: dsa-tf prune|report|benchmark|profile ...; see "
+                             "dsa-tf --help.")
     command, arguments = argv[1], list(argv[2:])
     if command == "prune":
         if arguments:
@@ -83,6 +100,10 @@ def main(argv: Sequence[str]) -> int:
         from dsa_tf.run.report import load_report, summary_table
 
         print(summary_table(load_report(arguments[0])))
+    elif command == "profile":
+        if len(arguments) != 1 or not FLAGS["out"].present:
+            raise app.UsageError("usage: dsa-tf profile MODEL --out=TABLE.json")
+        profile(arguments[0], FLAGS.out)
     else:
         if not arguments:
             raise app.UsageError("usage: dsa-tf benchmark FILE.tflite [FILE.tflite ...]")
@@ -92,6 +113,27 @@ def main(argv: Sequence[str]) -> int:
                                              rounds=FLAGS.latency_runs):
             print(report.summary())
     return 0
+
+
+def profile(name: str, out: str) -> None:
+    """``dsa-tf profile``: measures the latency table of the model ``name`` into ``out``."""
+    import tensorflow as tf
+
+    from dsa_tf.deploy.latency_table import LatencyTable
+    from dsa_tf.deploy.profile import profile_latency
+    from dsa_tf.run.pipeline import build_model
+
+    if name.endswith(".keras"):
+        model = tf.keras.models.load_model(name, compile=False)
+    else:
+        size = FLAGS.image_size or (32 if name.lower().startswith("resnet") else 224)
+        model = build_model(preset("quick", model=name), (size, size, 3), NUM_CLASSES.value,
+                            tf.keras)
+    table = LatencyTable.load(EXTEND.value) if EXTEND.value else None
+    table = profile_latency(model, table, precision=PRECISION.value, threads=THREADS.value)
+    table.save(out)
+    print(f"latency table of {model.name!r} ({len(table.entries)} operator signatures, "
+          f"{table.precision}, {table.threads} thread(s), {table.device}) written to {out}")
 
 
 def _quiet_tensorflow() -> None:

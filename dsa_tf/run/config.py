@@ -46,16 +46,24 @@ class RunConfig:
     dataset: str = _setting(
         "cifar10", "A tfds image-classification dataset (cifar10, fashion_mnist, imagenette...).")
     out: str = _setting("runs/dsa", "The run directory.")
-    budget: float = _setting(0.5, "Kept fraction of --resource (0 < budget <= 1).")
-    resource: str = _setting("flops", "flops or params.")
+    budget: float = _setting(
+        0.5, "Kept fraction of --resource (0 < budget <= 1), or an absolute amount (> 1: "
+        "FLOPs, params, or milliseconds of latency).")
+    resource: str = _setting(
+        "flops", "flops, params or latency (LiteRT float32 invoke time predicted by a latency "
+        "table: --latency_table, else one measured on this machine).")
+    latency_table: str | None = _setting(
+        None, "A latency table made by `dsa-tf profile` on the target device (with "
+        "--resource=latency).")
     allocation: str = _setting(
         "dsa", "Who chooses the widths: dsa (learned during training), or a one-shot baseline "
         "applied where DSA's allocation would begin (after the warm-up; at the start with "
         "--init): uniform (one keep ratio for all groups), magnitude (one global threshold "
         "on BatchNorm |gamma|, network slimming) or taylor (first-order Taylor importance on "
         "4 training batches).")
-    round_to: int = _setting(
-        1, "Pruned groups keep multiples of this many channels (or all of them).")
+    round_to: int | None = _setting(
+        None, "Pruned groups keep multiples of this many channels (or all of them); default 1, "
+        "and with --resource=latency the latency table's channel step (8).")
     init: str | None = _setting(
         None, "A pre-trained .keras model to start from (no warm-up; it is also evaluated as "
         "the unpruned reference).")

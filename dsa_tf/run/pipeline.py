@@ -43,7 +43,7 @@ from dsa_tf.allocation.gated_model import gates_of
 from dsa_tf.allocation.gated_strip import strip
 from dsa_tf.allocation.one_shot import OneShotCallback, baseline_allocator
 from dsa_tf.allocation.prune import prune_to_budget
-from dsa_tf.allocation.report import allocation_report, budget_status
+from dsa_tf.allocation.report import allocation_report, budget_status, predicted_latency
 from dsa_tf.deploy.export import export_tflite
 from dsa_tf.deploy.timing import compare_tflite_latency
 from dsa_tf.deploy.verify import ExportVerificationError
@@ -103,7 +103,8 @@ def run_pruning(config: RunConfig, *, callbacks: Sequence[Any] = (), verbose: in
             gated = keras.models.load_model(gated_path, compile=False)
         else:
             gated = prune_to_budget(model, config.budget, resource=config.resource,
-                                    round_to=config.round_to, seed=config.seed)
+                                    round_to=config.round_to, seed=config.seed,
+                                    latency_table=config.latency_table)
             _compile(gated, config, keras, from_logits, steps_per_epoch=splits.steps_per_epoch)
             gated.fit(splits.train, epochs=config.epochs, verbose=_fit_verbosity(verbose),
                       shuffle=False,  # the dataset shuffles itself
@@ -168,10 +169,21 @@ def run_pruning(config: RunConfig, *, callbacks: Sequence[Any] = (), verbose: in
                 log.say(result.summary())
 
     with log.phase("latency"):
+        # Under a latency budget: the table's prediction beside the times, measured with the
+        # table's threads (on this machine; a table of another device predicts that device).
+        predicted = predicted_latency(gated) if gates_of(gated)[0].latency_table else None
         latencies = compare_tflite_latency([r.path for r in tflite.values()],
+                                           threads=predicted["threads"] if predicted else 1,
                                            rounds=config.latency_runs)
         for (label, kind), latency in zip(tflite, latencies):
             report[label]["tflite"][kind]["latency"] = latency.to_dict()
+        if predicted:
+            kind = predicted["precision"]
+            for label in ("unpruned", "stripped"):
+                if (label, kind) in tflite:
+                    report[label]["tflite"][kind]["latency"]["predicted_ms"] = predicted[label]
+            log.say(f"predicted {kind} latency ({predicted['threads']} thread(s)): unpruned "
+                    f"{predicted['unpruned']:.3f} ms, stripped {predicted['stripped']:.3f} ms")
 
     report["timings_s"] = log.timings
     with open(os.path.join(out, "report.json"), "w") as file:
@@ -332,7 +344,8 @@ def _allocation_callback(config: RunConfig, splits: Any, keras: Any, from_logits
     data = {"data": splits.train, "loss": keras.losses.SparseCategoricalCrossentropy(
         from_logits=from_logits)} if config.allocation == "taylor" else {}
     allocate = baseline_allocator(config.allocation, config.budget, resource=config.resource,
-                                  round_to=config.round_to, **data)
+                                  round_to=config.round_to,
+                                  latency_table=config.latency_table, **data)
     return OneShotCallback(allocate, warmup_epochs=config.warmup_epochs,
                            verbose=int(verbose > 0))
 

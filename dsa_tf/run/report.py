@@ -67,6 +67,9 @@ def summary_table(report: dict) -> str:
         row(f"TFLite {kind} KiB", *sizes, ".1f")
         times = [e["latency"]["median_ms"] if "latency" in e else None for e in exports]
         row(f"TFLite {kind} ms", *times, ".3f")
+        predicted = [e.get("latency", {}).get("predicted_ms") for e in exports]
+        if any(v is not None for v in predicted):
+            row("  predicted ms", *predicted, ".3f")
     if failures:
         lines.append("export failures (n/a above):")
         lines += [f"  {failure}" for failure in failures]

@@ -1,0 +1,168 @@
+"""Latency budgets: models pruned to half their measured LiteRT latency, predicted vs measured.
+
+For each model (CIFAR ResNet-56 at 32x32 and ``keras.applications.MobileNetV2`` at 224x224
+with logits outputs; random weights, BatchNorms given random statistics: timing only), the
+script:
+
+1. measures the model's latency table on this machine with
+   ``dsa_tf.deploy.profile.profile_latency`` (float32, ``--threads`` threads; the time it
+   takes is reported);
+2. prunes it to ``--budget`` (50%) of its latency with ``dsa_tf.uniform_allocation(model,
+   0.5, resource="latency", latency_table=...)``: one keep ratio for every group, kept counts
+   in multiples of the table's step (8), the largest configuration the table predicts within
+   the budget;
+3. builds FLOPs-budgeted comparisons with the same allocator: at the FLOPs the latency arm
+   kept (``round_to`` 1, the default of a FLOPs budget), and a sweep of lower FLOPs budgets
+   with ``round_to`` 1 and 16 (rounding by hand, as BENCHMARKS.md "LiteRT latency" did), to
+   find the FLOPs a FLOPs budget has to give up to be as fast as the latency arm;
+4. exports every variant and the unpruned model to float32 ``.tflite`` (verified) and times
+   them side by side in one ``dsa_tf.compare_tflite_latency`` run (interleaved rounds, each
+   the minimum of ``--invokes`` invokes, median over ``--rounds`` rounds), beside the latency
+   the table predicts for each.
+
+Acceptance, printed as PASS/FAIL: the latency arm's measured latency is at most 0.52x the
+unpruned model's, its prediction (and the unpruned model's) is within 10% of the measurement,
+and ResNet-56's table takes under 3 minutes. The table also answers: at equal measured latency,
+how many FLOPs does the latency budget keep compared with a FLOPs budget?
+
+Run from the repository root (about 30 minutes on 2 CPU cores, most of it MobileNetV2):
+
+    .venv/bin/python benchmarks/latency_budget.py
+    .venv/bin/python benchmarks/latency_budget.py --models resnet56 --rounds 21
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+import dsa_tf  # noqa: E402
+from dsa_tf.deploy.latency_model import LatencyModel  # noqa: E402
+from dsa_tf.deploy.profile import profile_latency  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from int8_zoo import randomize_batchnorms  # noqa: E402
+from latency import build  # noqa: E402
+
+MODELS = ("resnet56", "mobilenetv2")
+MAX_RATIO = 0.52
+MAX_ERROR = 0.10
+MAX_TABLE_SECONDS = {"resnet56": 180}
+SWEEP = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)  # FLOPs budgets, as fractions of the latency arm's
+
+
+def flops_ratio(model: Any, keep: dict) -> float:
+    return dsa_tf.count_flops(dsa_tf.strip(model, keep)) / dsa_tf.count_flops(model)
+
+
+def variants(model: Any, table_path: str, budget: float) -> list[tuple[str, int, dict]]:
+    """(label, round_to, keep) of the latency arm and of the FLOPs-budgeted comparisons."""
+    latency_keep = dsa_tf.uniform_allocation(model, budget, resource="latency",
+                                             latency_table=table_path)
+    kept_flops = flops_ratio(model, latency_keep)
+    result = [(f"latency {budget:.0%}", 8, latency_keep)]
+    for round_to in (1, 16):
+        for share in SWEEP:
+            target = share * kept_flops
+            try:
+                keep = dsa_tf.uniform_allocation(model, target, round_to=round_to)
+            except ValueError as error:  # below what this rounding reaches
+                print(f"  FLOPs {target:.3f} x{round_to}: {error}")
+                continue
+            result.append((f"FLOPs {target:.3f} x{round_to}", round_to, keep))
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--budget", type=float, default=0.5)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--invokes", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tables", default=None,
+                        help="Directory to keep the measured tables in (default: temporary).")
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(0)
+    verdicts, rows = [], []
+    with tempfile.TemporaryDirectory() as directory:
+        tables = args.tables or directory
+        os.makedirs(tables, exist_ok=True)
+        for name in args.models:
+            model = build(name)
+            randomize_batchnorms(model, rng)
+            started = time.perf_counter()
+            table = profile_latency(model, threads=args.threads)
+            table_seconds = time.perf_counter() - started
+            table_path = os.path.join(tables, f"{name}_table.json")
+            table.save(table_path)
+            points = sum(len(e["channels_in"]) * len(e["channels_out"])
+                         for e in table.entries.values())
+            print(f"{name}: table of {len(table.entries)} signatures, {points} points, "
+                  f"{table_seconds:.0f} s", flush=True)
+            plan = dsa_tf.analyze(model)
+            latency = LatencyModel(plan, table)
+            entries = [("unpruned", 1, {})] + variants(model, table_path, args.budget)
+            paths = []
+            for i, (_, _, keep) in enumerate(entries):
+                small = dsa_tf.strip(model, keep) if keep else model
+                paths.append(dsa_tf.export_tflite(
+                    small, os.path.join(directory, f"{name}_{i}.tflite")).path)
+            reports = dsa_tf.compare_tflite_latency(paths, threads=args.threads,
+                                                    rounds=args.rounds, invokes=args.invokes)
+            base = reports[0].median_ms
+            measured: dict[str, tuple[int, float, float]] = {}
+            for (label, round_to, keep), report in zip(entries, reports):
+                ratios = plan.keep_ratios(keep) if keep else np.ones(len(plan.prunable))
+                predicted = latency.predict(ratios)
+                flops = flops_ratio(model, keep) if keep else 1.0
+                error = predicted / report.median_ms - 1
+                rows.append((name, label, flops, report.median_ms, report.median_ms / base,
+                             report.p10_ms / base, report.p90_ms / base, predicted, error))
+                measured[label] = (round_to, flops, report.median_ms)
+                print(f"  {label}: FLOPs {flops:.3f}, measured {report.median_ms:.3f} ms "
+                      f"({report.median_ms / base:.3f}x), predicted {predicted:.3f} ms "
+                      f"({error:+.1%})", flush=True)
+                if label == "unpruned" or label.startswith("latency"):
+                    verdicts.append((f"{name} {label}: prediction error {error:+.1%}",
+                                     abs(error) <= MAX_ERROR))
+                if label.startswith("latency"):
+                    verdicts.append((f"{name} {label}: measured latency ratio "
+                                     f"{report.median_ms / base:.3f} (<= {MAX_RATIO})",
+                                     report.median_ms / base <= MAX_RATIO))
+            if name in MAX_TABLE_SECONDS:
+                verdicts.append((f"{name} table: {table_seconds:.0f} s "
+                                 f"(< {MAX_TABLE_SECONDS[name]} s)",
+                                 table_seconds < MAX_TABLE_SECONDS[name]))
+            _, arm_flops, arm_ms = measured[entries[1][0]]
+            for round_to in (1, 16):
+                fast = [(flops, label) for label, (r, flops, ms) in measured.items()
+                        if label.startswith("FLOPs") and r == round_to and ms <= arm_ms]
+                best = max(fast, default=None)
+                print(f"  as fast as the latency arm ({arm_ms:.3f} ms, FLOPs {arm_flops:.3f}), "
+                      f"FLOPs budgets x{round_to} keep "
+                      + (f"FLOPs {best[0]:.3f} at most ({best[1]})" if best
+                         else "none of the sweep"), flush=True)
+    print("\n| model | variant | FLOPs ratio | measured ms | latency ratio (p10-p90) | "
+          "predicted ms | prediction error |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name, label, flops, median, ratio, p10, p90, predicted, error in rows:
+        print(f"| {name} | {label} | {flops:.3f} | {median:.3f} | {ratio:.3f} "
+              f"({p10:.3f}-{p90:.3f}) | {predicted:.3f} | {error:+.1%} |")
+    print()
+    for text, passed in verdicts:
+        print(f"{'PASS' if passed else 'FAIL'} {text}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

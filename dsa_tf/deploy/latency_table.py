@@ -1,0 +1,297 @@
+"""LatencyTable: measured LiteRT invoke time of single operators over a grid of channel counts.
+
+A table has one entry per operator signature (kind, kernel, strides, padding, spatial size:
+:mod:`dsa_tf.structure.operators`), shared by every layer with that signature, holding the
+invoke time in milliseconds on a grid of kept input and output channel counts. CPU runtimes
+compute output channels in tiles (XNNPACK: 8 or 16 per vector register block), so the time
+is a step function of the output channels, and a count just past a multiple of the tile costs
+as much as the next multiple or more (measured in BENCHMARKS.md, "Latency budgets"); the
+input channels enter about linearly. The output grid (and a depthwise operator's channel
+grid) is therefore every multiple of ``step`` (8) up to the full width, plus 1 and the full
+width; the input grid is 1, half and the full width (:func:`input_grid`). Latency-budgeted
+groups keep multiples of ``step`` (:func:`dsa_tf.allocation.budget.validated_budget`), so the
+counts a pruned model keeps are measured points of its output grid. Each grid point is a
+single-operator ``.tflite`` model (the operator alone, batch 1, random weights) timed as
+:func:`dsa_tf.benchmark_tflite` does (min of invokes, median of rounds). The table records
+the device, runtime version, precision, threads and step it was measured with, and saves as
+JSON, so it can be measured on the target device and used elsewhere.
+
+Example:
+    >>> from dsa_tf.deploy.latency_table import channel_grid, input_grid
+    >>> channel_grid(16), channel_grid(20), input_grid(64)
+    ([1, 8, 16], [1, 8, 16, 20], [1, 32, 64])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import tensorflow as tf
+
+from dsa_tf.deploy import litert
+
+KINDS = ("Conv1D", "Conv2D", "Dense", "DepthwiseConv1D", "DepthwiseConv2D")
+PRECISIONS = ("float32", "int8")
+STEP = 8  # output channel grid: the tile of XNNPACK's float32 kernels on AVX2 and NEON
+
+
+def channel_grid(channels: int, step: int = STEP, also: Iterable[int] = ()) -> list[int]:
+    """The output channel counts measured for ``channels`` channels: 1, the multiples of
+    ``step``, ``channels`` and the counts in ``also`` (the full widths of the other operators
+    sharing the signature)."""
+    return sorted({1, channels, *range(step, channels + 1, step), *also})
+
+
+def input_grid(channels: int, step: int = STEP, also: Iterable[int] = ()) -> list[int]:
+    """The input channel counts measured for ``channels`` channels (time is about linear in
+    them): 1, half the width (a multiple of ``step``), ``channels`` and ``also``."""
+    half = max(step, round(channels / 2 / step) * step)
+    return sorted({1, channels, *([half] if half < channels else []), *also})
+
+
+@dataclasses.dataclass
+class LatencyTable:
+    """Invoke times of operator signatures on a grid of channel counts.
+
+    Attributes:
+        device: where it was measured (``platform.platform()`` and processor).
+        runtime: the LiteRT (or TensorFlow Lite) version.
+        precision: "float32" or "int8".
+        threads: interpreter threads.
+        step: the output channel grid's step, which latency-budgeted groups keep multiples of.
+        entries: per signature (a JSON string of the signature dict): ``channels_in`` and
+            ``channels_out`` grids and ``ms``, the invoke times [len(in), len(out)].
+        calibrations: per model (its :func:`dsa_tf.deploy.latency_model.fingerprint`): how
+            the operators' sum maps to the whole model's measured latency, ``fixed_ms`` and
+            ``scale`` (measured = fixed_ms + scale x sum), with the ``points`` they were
+            fitted to (``[operators' sum, measured]`` in ms, the first at full width).
+    """
+
+    device: str
+    runtime: str
+    precision: str
+    threads: int
+    step: int = STEP
+    entries: dict[str, dict] = dataclasses.field(default_factory=dict)
+    calibrations: dict[str, dict] = dataclasses.field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the table as JSON."""
+        with open(path, "w") as file:
+            json.dump(dataclasses.asdict(self), file, indent=1)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LatencyTable:
+        """Reads a table written by :meth:`save`.
+
+        Raises:
+            ValueError: the file is not a latency table (its error names what is missing or
+                malformed).
+        """
+        with open(path) as file:
+            values = json.load(file)
+        missing = sorted({"device", "runtime", "precision", "threads", "entries"} - set(values))
+        if missing:
+            raise ValueError(f"{path} is not a latency table: it lacks {missing}.")
+        for key, entry in values["entries"].items():
+            ms = np.asarray(entry.get("ms"), dtype=float)
+            shape = (len(entry.get("channels_in", [])), len(entry.get("channels_out", [])))
+            if ms.shape != shape or not np.all(np.isfinite(ms)) or np.any(ms < 0):
+                raise ValueError(f"{path}: the entry {key} has times of shape {ms.shape} for "
+                                 f"a grid of {shape}, or times that are not finite and >= 0.")
+        for key, calibration in values.get("calibrations", {}).items():
+            if not all(isinstance(calibration.get(name), (int, float))
+                       for name in ("fixed_ms", "scale")) or calibration["scale"] <= 0:
+                raise ValueError(f"{path}: the calibration {key} needs numbers fixed_ms and "
+                                 f"scale > 0, got {calibration}.")
+        if not isinstance(values.get("step", STEP), int) or values.get("step", STEP) < 1:
+            raise ValueError(f"{path}: step must be a positive integer, got {values['step']!r}.")
+        if values["precision"] not in PRECISIONS:
+            raise ValueError(f"{path}: precision must be one of {PRECISIONS}, got "
+                             f"{values['precision']!r}.")
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"{path} is not a latency table: unknown fields {unknown}.")
+        return cls(**values)
+
+
+def signature_key(signature: dict) -> str:
+    """The key of a signature in :attr:`LatencyTable.entries`."""
+    return json.dumps(signature, sort_keys=True)
+
+
+def operator_model(signature: dict, channels_in: int, channels_out: int) -> tf.function:
+    """A traced function of one operator (random weights, batch 1) for the TFLite converter.
+
+    Raises:
+        ValueError: a kind outside ``KINDS`` or settings it cannot build.
+    """
+    kind = signature["kind"]
+    if kind not in KINDS:
+        raise ValueError(f"No latency measurement for {kind} operators (measured kinds: "
+                         f"{KINDS}).")
+    rng = np.random.default_rng(0)
+    spatial = list(signature.get("input_shape", []))
+    spec = tf.TensorSpec([1, *spatial, channels_in], tf.float32)
+    padding = str(signature.get("padding", "valid")).upper()
+    strides = signature.get("strides", [1] * len(spatial))
+    dilations = signature.get("dilation_rate", [1] * len(spatial))
+    bias = tf.constant(rng.normal(size=channels_out).astype("float32")) \
+        if signature.get("use_bias", True) else None
+    kernel_size = list(signature.get("kernel_size", []))
+    if kind == "Dense":
+        weights = tf.constant(rng.normal(size=(channels_in, channels_out)).astype("float32"))
+
+        def apply(x: tf.Tensor) -> tf.Tensor:
+            return tf.tensordot(x, weights, axes=1)
+    elif kind.startswith("Depthwise"):
+        multiplier = channels_out // channels_in
+        shape = [*kernel_size, channels_in, multiplier]
+        if kind == "DepthwiseConv1D":
+            shape = [1, *shape]
+        weights = tf.constant(rng.normal(size=shape).astype("float32"))
+
+        def apply(x: tf.Tensor) -> tf.Tensor:
+            if kind == "DepthwiseConv1D":
+                return tf.squeeze(tf.nn.depthwise_conv2d(
+                    tf.expand_dims(x, 1), weights, [1, 1, strides[0], 1], padding,
+                    dilations=[1, dilations[0]]), 1)
+            return tf.nn.depthwise_conv2d(x, weights, [1, *strides, 1], padding,
+                                          dilations=dilations)
+    else:
+        weights = tf.constant(rng.normal(size=(*kernel_size, channels_in, channels_out))
+                              .astype("float32"))
+
+        def apply(x: tf.Tensor) -> tf.Tensor:
+            return tf.nn.convolution(x, weights, strides, padding, dilations=dilations)
+
+    @tf.function(input_signature=[spec])
+    def operator(x: tf.Tensor) -> tf.Tensor:
+        y = apply(x)
+        return y if bias is None else tf.nn.bias_add(y, bias)
+
+    return operator
+
+
+def operator_tflite(signature: dict, channels_in: int, channels_out: int,
+                    precision: str = "float32") -> bytes:
+    """The ``.tflite`` content of one operator at the given channel counts."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+    function = operator_model(signature, channels_in, channels_out)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [function.get_concrete_function()], function)
+    if precision == "int8":
+        shape = function.input_signature[0].shape
+        rng = np.random.default_rng(0)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: (
+            [rng.normal(size=shape).astype("float32")] for _ in range(4))
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    with contextlib.redirect_stdout(io.StringIO()):
+        return converter.convert()
+
+
+def time_tflite(content: bytes, threads: int = 1, rounds: int = 5, invokes: int = 20) -> float:
+    """Median over ``rounds`` of the minimum of ``invokes`` invokes, in milliseconds."""
+    interpreter = litert.interpreter(content, threads)
+    litert.set_random_inputs(interpreter, np.random.default_rng(0))
+    for _ in range(3):
+        interpreter.invoke()
+    minima = []
+    for _ in range(rounds):
+        best = float("inf")
+        for _ in range(invokes):
+            start = time.perf_counter()
+            interpreter.invoke()
+            best = min(best, time.perf_counter() - start)
+        minima.append(best * 1e3)
+    return float(np.median(minima))
+
+
+def this_device() -> str:
+    """The device name a table measured here records."""
+    return f"{platform.platform()} {platform.processor()}".strip()
+
+
+def measure_table(signatures: Iterable[tuple[dict, int, int]], *, precision: str = "float32",
+                  threads: int = 1, step: int = STEP, rounds: int = 5,
+                  invokes: int = 20, table: LatencyTable | None = None,
+                  progress: Callable[[str], None] | None = print) -> LatencyTable:
+    """Measures the table of the given ``(signature, channels_in, channels_out)`` operators.
+
+    Signatures are measured once each, on :func:`input_grid` x :func:`channel_grid` of the
+    widest full widths seen for the signature, with every full width seen added to the grid
+    (a stem convolution's 3 input channels share the signature of the 16-channel
+    convolutions after it). Depthwise operators keep their depth multiplier: their grid is
+    :func:`channel_grid` over the input channels (``channels_out`` = multiplier x
+    ``channels_in``). With ``table``, only the signatures it
+    lacks (or whose grid is too narrow) are measured, into a copy of it.
+
+    Raises:
+        ValueError: a ``table`` of another precision or thread count, or an unknown kind.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+    if table is None:
+        table = LatencyTable(device=this_device(), runtime=runtime_version(),
+                             precision=precision, threads=threads, step=step)
+    elif (table.precision, table.threads, table.step) != (precision, threads, step):
+        raise ValueError(f"The table was measured in {table.precision} with {table.threads} "
+                         f"thread(s) on a grid step of {table.step}; cannot extend it with "
+                         f"{precision}, {threads} thread(s), step {step}.")
+    else:
+        table = dataclasses.replace(table, entries=dict(table.entries),
+                                    calibrations=dict(table.calibrations))
+    widths: dict[str, tuple[dict, set, set]] = {}
+    for signature, channels_in, channels_out in signatures:
+        _, ins, outs = widths.setdefault(signature_key(signature), (signature, set(), set()))
+        ins.add(int(channels_in))
+        outs.add(int(channels_out))
+    widths = {key: value for key, value in widths.items()
+              if not _covers(table.entries.get(key), max(value[1]), max(value[2]))}
+    started = time.perf_counter()
+    for number, (key, (signature, ins, outs)) in enumerate(widths.items(), 1):
+        wide_in, wide_out = max(ins), max(outs)
+        if signature["kind"].startswith("Depthwise"):
+            grid_in = channel_grid(wide_in, step, ins)
+            multiplier = max(1, wide_out // wide_in)
+            grid_out = [multiplier]  # the output follows the input
+            ms = [[time_tflite(operator_tflite(signature, n, n * multiplier, precision),
+                               threads, rounds, invokes)] for n in grid_in]
+        else:
+            grid_in = input_grid(wide_in, step, ins)
+            grid_out = channel_grid(wide_out, step, outs)
+            ms = [[time_tflite(operator_tflite(signature, n, m, precision), threads, rounds,
+                               invokes) for m in grid_out] for n in grid_in]
+        table.entries[key] = {"channels_in": grid_in, "channels_out": grid_out, "ms": ms}
+        if progress:
+            progress(f"latency table: {number}/{len(widths)} {signature['kind']} "
+                     f"{signature.get('input_shape')} {wide_in}->{wide_out}, "
+                     f"{len(grid_in) * len(grid_out)} points "
+                     f"({time.perf_counter() - started:.0f} s)")
+    return table
+
+
+def _covers(entry: dict | None, channels_in: int, channels_out: int) -> bool:
+    return entry is not None and entry["channels_in"][-1] >= channels_in and (
+        len(entry["channels_out"]) == 1 or entry["channels_out"][-1] >= channels_out)
+
+
+def runtime_version() -> str:
+    """The LiteRT (ai-edge-litert) or TensorFlow Lite version timings here are made with."""
+    with contextlib.suppress(ImportError, AttributeError):
+        import ai_edge_litert
+
+        return f"ai-edge-litert {ai_edge_litert.__version__}"
+    return f"tensorflow-lite {tf.__version__}"
