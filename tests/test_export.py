@@ -160,8 +160,8 @@ def test_multi_output_model_int8(keras, tmp_path):
 
 def test_broken_export_raises(monkeypatch, tmp_path):
     model, other = stripped_resnet(seed=0), stripped_resnet(seed=1)
-    convert = export_module._convert
-    monkeypatch.setattr(export_module, "_convert", lambda _, *args: convert(other, *args))
+    convert = export_module.convert
+    monkeypatch.setattr(export_module, "convert", lambda _, *args: convert(other, *args))
     for quantize in (None, "int8"):
         path = tmp_path / f"{quantize}.tflite"
         with pytest.raises(dsa_tf.ExportVerificationError, match="relative error"):
