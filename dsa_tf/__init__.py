@@ -22,6 +22,7 @@ from dsa_tf.allocation.gated_model import keep_ratios, set_keep_ratios
 from dsa_tf.allocation.gated_strip import strip
 from dsa_tf.allocation.gates import gate_class
 from dsa_tf.allocation.magnitude import magnitude_allocation
+from dsa_tf.allocation.masked_norm import masked_norm_class
 from dsa_tf.allocation.one_shot import OneShotCallback
 from dsa_tf.allocation.prune import prune_to_budget
 from dsa_tf.allocation.report import allocation_report, budget_status
@@ -38,7 +39,9 @@ from dsa_tf.structure.counting import count_flops, count_params
 from dsa_tf.structure.graph import ChannelPlan, Group, analyze
 from dsa_tf.structure.masking import masked_call
 
-ChannelGate = gate_class()  # registered for loading saved gated models
+# The layers of gated models, registered for loading saved ones.
+ChannelGate = gate_class()
+MaskedLayerNormalization = masked_norm_class()
 
 __all__ = [
     "ChannelGate",
@@ -48,6 +51,7 @@ __all__ = [
     "ExportVerificationError",
     "Group",
     "LatencyReport",
+    "MaskedLayerNormalization",
     "OneShotCallback",
     "RunConfig",
     "allocation_report",

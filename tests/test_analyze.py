@@ -63,13 +63,16 @@ def test_exclude_keeps_channels_whole(keras):
         dsa_tf.analyze(model, exclude=["no_such_layer"])
 
 
-def test_layer_norm_over_channels_blocks_pruning_of_its_group(keras):
+def test_softmax_over_channels_blocks_pruning_of_its_group(keras):
+    """A softmax over the channels gives every output channel a share of every input channel:
+    no channel can be removed without changing the kept ones (LayerNormalization can: see
+    test_masked_norm.py)."""
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3)(inputs)
-    x = keras.layers.LayerNormalization()(x)
+    x = keras.layers.Softmax()(x)
     model = keras.Model(inputs, keras.layers.Conv2D(2, 1)(x))
     group = dsa_tf.analyze(model).group("conv2d")
-    assert not group.prunable and "LayerNormalization" in group.reason
+    assert not group.prunable and "softmax over the channels" in group.reason
 
 
 def _custom_layer_model(keras):

@@ -164,3 +164,25 @@ def test_backbone_used_as_a_nested_layer(keras):
     x = keras.layers.GlobalAveragePooling2D()(backbone(inputs))
     model = keras.Model(inputs, keras.layers.Dense(5)(x))
     check_strip(model)
+
+
+@pytest.mark.zoo
+def test_dsa_fit_on_convnext_tiny_strips_to_its_budget(keras):
+    """ConvNeXt normalises its residual streams with LayerNormalization: DSA trains through
+    the masked normalisations and the strip meets the budget with parity."""
+    model = keras.applications.ConvNeXtTiny(weights=None, input_shape=(32, 32, 3), classes=4,
+                                            classifier_activation=None)
+    gated = dsa_tf.prune_to_budget(model, 0.5)
+    gated.compile(optimizer=keras.optimizers.SGD(0.01),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(48, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 4, 48)
+    alpha = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
+    gated.fit(x, y, batch_size=8, epochs=3, verbose=0,
+              callbacks=[dsa_tf.DSACallback(alpha, verbose=0)])
+    assert dsa_tf.budget_status(gated)["met"]
+    small = dsa_tf.strip(gated)
+    assert dsa_tf.count_flops(small) <= 0.5 * dsa_tf.count_flops(model)
+    expected = np.asarray(gated(x[:4], training=False))
+    assert np.abs(np.asarray(small(x[:4])) - expected).max() <= 1e-4 * np.abs(expected).max()

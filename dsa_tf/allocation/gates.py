@@ -170,7 +170,12 @@ def make_gate_class(keras: Any) -> type:
             return keep_process.sample_mask(self.probabilities(), noise)
 
         def call(self, inputs: Any, positions: list | None = None, index: list | None = None,
-                 training: bool | None = None) -> Any:
+                 training: bool | None = None, mask_only: bool = False) -> Any:
+            """``inputs`` times the mask (the sampled mask in training, the hard mask in
+            inference) on the channel positions ``positions`` of the group's channels
+            ``index`` (default: all, in order); with ``mask_only``, the mask itself broadcast
+            to the shape of ``inputs`` (1 at other positions), what a masked normalisation
+            (:mod:`dsa_tf.allocation.masked_norm`) takes."""
             mask = tf.convert_to_tensor(self.mask) if training else self.hard_mask()
             mask = tf.cast(mask, inputs.dtype)
             if positions is not None:
@@ -179,7 +184,7 @@ def make_gate_class(keras: Any) -> type:
                     tf.ones([width], inputs.dtype), tf.constant(positions)[:, None],
                     tf.gather(mask, index))
                 mask = full
-            return inputs * mask
+            return tf.ones_like(inputs) * mask if mask_only else inputs * mask
 
         def compute_output_shape(self, input_shape: Any) -> Any:
             return input_shape

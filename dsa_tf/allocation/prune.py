@@ -21,9 +21,10 @@ from dsa_tf.allocation.budget import validated_budget
 from dsa_tf.allocation.gated_model import refresh_importance
 from dsa_tf.allocation.gates import gate_class
 from dsa_tf.allocation.importance import importance_sources
+from dsa_tf.allocation.masked_norm import masked_norm_class
 from dsa_tf.deploy.latency_table import LatencyTable
 from dsa_tf.structure.graph import ChannelPlan, FlatCall, resolve
-from dsa_tf.structure.rules import Depthwise, Through
+from dsa_tf.structure.rules import ChannelNorm, Depthwise, Through
 from dsa_tf.structure.strip import rebuild
 
 
@@ -92,7 +93,26 @@ def prune_to_budget(model: Any, budget: float | Mapping[str, float], *,
         return [out if id(resolve(plan.alias, old)) in redundant else _gate(plan, gates, out, m)
                 for out, old, m in zip(outputs, fc.call.outputs, fc.out_maps)]
 
-    gated, new_layers = rebuild(plan, {}, after_call=insert_gates)
+    masked_norms: dict[int, Any] = {}
+
+    def masked_norm(fc: FlatCall, new_of: Any, name: str) -> list | None:
+        """A LayerNormalization of a prunable group becomes a MaskedLayerNormalization on
+        [x, the gates' mask]: it normalises over the kept channels, as its strip will."""
+        in_map = fc.info.in_maps[0] if fc.info.in_maps else None
+        if not isinstance(fc.rule, ChannelNorm) or fc.opaque or in_map is None or not any(
+                plan.groups[g].prunable for g in plan.group_of_space[in_map.spaces]):
+            return None
+        x = new_of(fc.call.inputs[0])
+        if id(fc.op) not in masked_norms:
+            config = {**_keras.layer_config(fc.op), "name": name}
+            masked_norms[id(fc.op)] = masked_norm_class(_keras.keras_of(model)).from_config(
+                config)
+        layer = masked_norms[id(fc.op)]
+        output = layer([x, _gate(plan, gates, x, in_map, mask_only=True)])
+        layer.set_weights(fc.op.get_weights())
+        return [output]
+
+    gated, new_layers = rebuild(plan, {}, after_call=insert_gates, replace_call=masked_norm)
     _set_importance_sources(plan, gates, new_layers)
     refresh_importance(gated)
     return gated
@@ -118,7 +138,10 @@ def _masked_downstream(plan: ChannelPlan) -> set[int]:
             if tensor not in outputs and all(masks_its_output(fc) for fc in users)}
 
 
-def _gate(plan: ChannelPlan, gates: dict, tensor: Any, channel_map: Any) -> Any:
+def _gate(plan: ChannelPlan, gates: dict, tensor: Any, channel_map: Any,
+          mask_only: bool = False) -> Any:
+    """``tensor`` through the gate of every prunable group on its channel axis; with
+    ``mask_only``, the product of their masks broadcast to its shape instead."""
     if channel_map is None:
         return tensor
     groups = plan.group_of_space[channel_map.spaces]
@@ -129,11 +152,12 @@ def _gate(plan: ChannelPlan, gates: dict, tensor: Any, channel_map: Any) -> Any:
         positions = np.flatnonzero(groups == g)
         whole = len(positions) == len(channel_map) == group.channels and np.array_equal(
             channel_map.index, np.arange(group.channels))
-        if whole:
-            tensor = gates[group.name](tensor)
-        else:
-            tensor = gates[group.name](tensor, positions=positions.tolist(),
-                                       index=channel_map.index[positions].tolist())
+        where = {} if whole else {"positions": positions.tolist(),
+                                  "index": channel_map.index[positions].tolist()}
+        if mask_only:  # the first gate makes the mask, the next ones multiply it
+            where["mask_only"] = True
+            mask_only = False
+        tensor = gates[group.name](tensor, **where)
     return tensor
 
 

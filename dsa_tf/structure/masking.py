@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from dsa_tf import _keras
 from dsa_tf.structure.graph import ChannelPlan, analyze, resolve
+from dsa_tf.structure.rules import ChannelNorm
 from dsa_tf.structure.strip import space_masks
 
 
@@ -54,7 +55,14 @@ def _masked_outputs(plan: ChannelPlan, keep: Mapping[str, Iterable[int]],
         return values[id(resolve(plan.alias, t))]
 
     for fc in plan.calls:
-        outputs = fc.call.replay(fc.op, lookup)
+        in_map = fc.info.in_maps[0] if fc.info.in_maps else None
+        if isinstance(fc.rule, ChannelNorm) and not fc.opaque and in_map is not None \
+                and not in_map.keep_mask(masks).all():  # normalised over the kept channels
+            x = lookup(fc.call.inputs[0])
+            keep = in_map.keep_mask(masks).astype(x.dtype.as_numpy_dtype)
+            outputs = [ChannelNorm.masked_call(fc.op, x, keep)]
+        else:
+            outputs = fc.call.replay(fc.op, lookup)
         for old, new, channel_map in zip(fc.call.outputs, outputs, fc.out_maps):
             if channel_map is not None:
                 keep_mask = channel_map.keep_mask(masks)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
 from dsa_tf._keras import is_keras_tensor
 from dsa_tf.structure.channels import ChannelMap
@@ -149,6 +150,43 @@ class MixesChannels(Through):
     def propagate(self, op: Any, info: CallInfo, ctx: Any) -> list[ChannelMap]:
         ctx.fix(info.in_maps[0], f"{op.name}: {self.why}")
         return super().propagate(op, info, ctx)
+
+
+class ChannelNorm(Through):
+    """LayerNormalization over the channel axis: prunable, with masked statistics.
+
+    Pruning a group that a LayerNormalization normalises means normalising over the kept
+    channels only: the stripped layer (gamma and beta sliced) computes its mean and variance
+    over the channels it still has, and :meth:`masked_call` computes the same on the full
+    tensor, with the dropped channels left out of the statistics and set to zero, which is
+    the reference a strip must equal (:func:`dsa_tf.masked_call`) and what a gated model
+    computes (:mod:`dsa_tf.allocation.masked_norm`).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(zero_preserving=False, axis_attr="axis", weights=("gamma", "beta"))
+
+    @staticmethod
+    def masked_call(op: Any, x: Any, keep: Any) -> Any:
+        """``op`` (a LayerNormalization over the last axis) on ``x``, with statistics over the
+        channels where ``keep`` (a 0/1 vector over the channels, or a tensor that broadcasts
+        to ``x``) is 1, and 0 where it is 0."""
+        dtype = tf.float64 if x.dtype == tf.float64 else tf.float32
+        x = tf.cast(x, dtype)
+        keep = tf.cast(keep, dtype)
+        count = tf.reduce_sum(keep * tf.ones_like(x), axis=-1, keepdims=True)
+        mean = tf.reduce_sum(x * keep, axis=-1, keepdims=True) / count
+        variance = tf.reduce_sum(tf.square(x - mean) * keep, axis=-1, keepdims=True) / count
+        if getattr(op, "rms_scaling", False):  # Keras 3's (deprecated) variance scaling
+            y = x * tf.math.rsqrt(variance + op.epsilon)
+        else:
+            y = (x - mean) * tf.math.rsqrt(variance + op.epsilon)
+        if getattr(op, "scale", True) and getattr(op, "gamma", None) is not None:
+            y = y * tf.cast(op.gamma, dtype)
+        if getattr(op, "center", True) and getattr(op, "beta", None) is not None \
+                and not getattr(op, "rms_scaling", False):
+            y = y + tf.cast(op.beta, dtype)
+        return tf.cast(y * keep, op.compute_dtype)
 
 
 class Activation(Through):
@@ -407,8 +445,7 @@ RULES: dict[str, Rule] = {
     **{name: Separable() for name in ("SeparableConv1D", "SeparableConv2D")},
     **{name: Depthwise() for name in ("DepthwiseConv1D", "DepthwiseConv2D")},
     "BatchNormalization": NORM,
-    "LayerNormalization": MixesChannels("LayerNormalization normalises over the channels",
-                                        axis_attr="axis", weights=("gamma", "beta")),
+    "LayerNormalization": ChannelNorm(),
     "Softmax": MixesChannels("softmax over the channels"),
     "Normalization": Fixed(),
     "Rescaling": Rescaling(),
@@ -472,6 +509,14 @@ TF_OP_SYMBOLS: dict[str, Rule] = {
 }
 
 
+def is_masked_form(op: Any) -> bool:
+    """Whether ``op`` is the masked form of a Keras layer (DSA's MaskedLayerNormalization): a
+    layer whose class names the Keras class it stands for in ``unmasked_class``, called on
+    ``[x, mask]`` where ``mask`` is 1 on the channels kept. The analysis gives it its plain
+    class's rule (on ``x``), and strip rebuilds it as that class, called on ``x`` alone."""
+    return bool(getattr(type(op), "unmasked_class", None))
+
+
 def is_mask_layer(op: Any) -> bool:
     """Whether ``op`` is a channel mask layer: a layer whose class sets ``channel_mask = True``
     and that multiplies its input by a per-channel mask (DSA's ChannelGate).
@@ -493,6 +538,8 @@ def rule_for(op: Any) -> Rule | None:
     cls = type(op)
     if is_mask_layer(op):
         return PASS
+    if getattr(cls, "unmasked_class", None):
+        return RULES[cls.unmasked_class]
     if not cls.__module__.startswith(("keras.", "tf_keras.")):
         return None
     if cls.__name__ in ("TFOpLambda",):

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from dsa_tf import _keras
 from dsa_tf.structure.graph import ChannelPlan, FlatCall, analyze, resolve, weight_axes
-from dsa_tf.structure.rules import is_mask_layer
+from dsa_tf.structure.rules import is_mask_layer, is_masked_form
 
 
 def space_masks(plan: ChannelPlan, keep: Mapping[str, Iterable[int]]) -> dict[int, np.ndarray]:
@@ -89,12 +89,18 @@ def strip(model: Any, keep: Mapping[str, Iterable[int]], *, exclude: Iterable[st
 
 
 def rebuild(plan: ChannelPlan, masks: dict[int, np.ndarray],
-            after_call: Callable[[FlatCall, list], list] | None = None) -> tuple[Any, dict]:
+            after_call: Callable[[FlatCall, list], list] | None = None,
+            replace_call: Callable[[FlatCall, Callable, str], list | None] | None = None,
+            ) -> tuple[Any, dict]:
     """Replays ``plan``'s model with the channels of ``masks`` removed (see :func:`strip`).
 
-    Channel mask layers (:func:`dsa_tf.structure.rules.is_mask_layer`) are left out.
+    Channel mask layers (:func:`dsa_tf.structure.rules.is_mask_layer`) are left out, and the
+    masked form of a layer (:func:`dsa_tf.structure.rules.is_masked_form`) becomes its plain
+    class, called on its first input. ``replace_call(call, lookup, name)`` may compute a call's
+    new outputs itself (from the new tensors ``lookup`` gives for old ones, with a layer named
+    ``name``; None: replay it), and
     ``after_call(call, outputs)`` may replace each call's new outputs (prune_to_budget inserts
-    gates with it).
+    gates and masked normalisations with them).
 
     Returns:
         The new model, and a dict from ``id(old layer)`` to its new layer.
@@ -118,13 +124,19 @@ def rebuild(plan: ChannelPlan, masks: dict[int, np.ndarray],
             new_tensors[id(resolve(alias, fc.call.outputs[0]))] = \
                 new_tensors[id(resolve(alias, fc.call.inputs[0]))]
             continue
-        if id(fc.op) not in new_ops:
-            # A nested layer whose name also exists elsewhere gets its model's name in front.
-            name = fc.name.replace("/", "_") if names[fc.op.name] > 1 else fc.op.name
-            new_ops[id(fc.op)] = _new_op(fc, masks, name)
-            slices.append((fc, new_ops[id(fc.op)]))
-        outputs = fc.call.replay(new_ops[id(fc.op)],
-                                 lambda t: new_tensors[id(resolve(alias, t))])
+        # A nested layer whose name also exists elsewhere gets its model's name in front.
+        name = fc.name.replace("/", "_") if names[fc.op.name] > 1 else fc.op.name
+
+        def new_of(t: Any) -> Any:
+            return new_tensors[id(resolve(alias, t))]
+
+        outputs = replace_call(fc, new_of, name) if replace_call is not None else None
+        if outputs is None:
+            if id(fc.op) not in new_ops:
+                new_ops[id(fc.op)] = _new_op(fc, masks, name)
+                slices.append((fc, new_ops[id(fc.op)]))
+            outputs = ([new_ops[id(fc.op)](new_of(fc.call.inputs[0]))] if is_masked_form(fc.op)
+                       else fc.call.replay(new_ops[id(fc.op)], new_of))
         if after_call is not None:
             outputs = after_call(fc, outputs)
         for old, new in zip(fc.call.outputs, outputs):
@@ -155,6 +167,8 @@ def _new_op(fc: FlatCall, masks: dict, name: str) -> Any:
         config = fc.rule.resized_config(config, int(_kept(fc.out_maps[0], masks).sum()))
     if "name" in config:
         config["name"] = name
+    if is_masked_form(fc.op):
+        return getattr(_keras.keras_of(fc.op).layers, fc.op.unmasked_class).from_config(config)
     return _keras.recreate(fc.op, config)
 
 

@@ -1,0 +1,106 @@
+"""LayerNormalization over a prunable group: normalised over the kept channels, in the plain
+strip, in the gated model (MaskedLayerNormalization) and in training."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import dsa_tf
+from dsa_tf.allocation.gated_model import gates_of
+from dsa_tf.allocation.gated_strip import gate_keep
+
+from masking import check_strip, randomize
+
+
+def convnext_like(keras, rms_scaling=False):
+    """ConvNeXt's pattern: a residual stream normalised by LayerNormalization (depthwise conv,
+    LN, two Dense), plus an LN on a concatenation of two groups and one on the pooled head."""
+    extra = {"rms_scaling": True} if rms_scaling else {}
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(16, 3, padding="same", name="stem")(inputs)
+    x = keras.layers.LayerNormalization(epsilon=1e-6, name="stem_ln", **extra)(x)
+    for i in range(2):
+        y = keras.layers.DepthwiseConv2D(3, padding="same", name=f"dw{i}")(x)
+        y = keras.layers.LayerNormalization(epsilon=1e-6, name=f"ln{i}", **extra)(y)
+        y = keras.layers.Dense(32, activation="gelu", name=f"expand{i}")(y)
+        x = keras.layers.Add(name=f"add{i}")([x, keras.layers.Dense(16, name=f"project{i}")(y)])
+    side = keras.layers.Conv2D(8, 1, name="side")(x)
+    x = keras.layers.Concatenate(name="concat")([x, side])
+    x = keras.layers.LayerNormalization(name="concat_ln")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.LayerNormalization(name="head_ln")(x)
+    return keras.Model(inputs, keras.layers.Dense(5, name="logits")(x))
+
+
+def test_layer_norm_groups_are_prunable_and_strip_normalises_over_kept_channels(keras):
+    model = convnext_like(keras)
+    plan = dsa_tf.analyze(model)
+    assert {g.name for g in plan.prunable} >= {"stem", "expand0", "expand1", "side"}
+    for seed in range(3):
+        check_strip(model, seed=seed)
+
+
+@pytest.mark.parametrize("rms_scaling", [False, True])
+def test_gated_model_matches_its_strip_and_round_trips(keras, tmp_path, rms_scaling):
+    if rms_scaling and not hasattr(keras.layers.LayerNormalization(), "rms_scaling"):
+        pytest.skip("this Keras has no rms_scaling")
+    model = convnext_like(keras, rms_scaling)
+    rng = np.random.default_rng(0)
+    randomize(model, rng)
+    gated = dsa_tf.prune_to_budget(model, 1.0)
+    assert sum(type(layer).__name__ == "MaskedLayerNormalization" for layer in gated.layers) == 5
+    dsa_tf.set_keep_ratios(gated, {n: float(rng.uniform(0.2, 0.9))
+                                   for n in dsa_tf.keep_ratios(gated)})
+    x = rng.normal(size=(2, 8, 8, 3)).astype("float32")
+    expected = np.asarray(gated(x, training=False))
+    small = dsa_tf.strip(gated)
+    assert {type(layer).__name__ for layer in small.layers} >= {"LayerNormalization"}
+    assert "MaskedLayerNormalization" not in {type(layer).__name__ for layer in small.layers}
+    assert np.abs(np.asarray(small(x)) - expected).max() <= 1e-5 * np.abs(expected).max()
+    plan = dsa_tf.analyze(gated)
+    ratios = plan.keep_ratios(gate_keep(plan))
+    assert dsa_tf.count_flops(small) == round(plan.flops(ratios))
+    assert dsa_tf.count_params(small) == round(plan.params(ratios))
+    path = str(tmp_path / "gated.keras")
+    gated.save(path)
+    loaded = keras.models.load_model(path)
+    assert np.abs(np.asarray(loaded(x, training=False)) - expected).max() == 0
+
+
+def test_in_training_the_statistics_follow_the_sampled_masks(keras):
+    """During DSA's allocation each step samples a mask per gate: the LayerNormalization of a
+    gated group must normalise over the channels that step keeps, as the strip of exactly
+    that mask would."""
+    model = convnext_like(keras)
+    rng = np.random.default_rng(1)
+    randomize(model, rng)
+    gated = dsa_tf.prune_to_budget(model, 1.0)
+    plan = dsa_tf.analyze(gated)
+    keep = {}
+    for gate in gates_of(gated):
+        mask = (rng.uniform(size=gate.channels) < 0.6).astype("float32")
+        mask[rng.integers(gate.channels)] = 1.0
+        gate.mask.assign(mask)
+        keep[gate.group] = np.flatnonzero(mask)
+    x = rng.normal(size=(2, 8, 8, 3)).astype("float32")
+    trained = np.asarray(gated(x, training=True))
+    expected = dsa_tf.masked_call(gated, {g.name: keep[g.name] for g in plan.prunable}, x)[0]
+    assert np.abs(trained - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_dsa_fit_meets_the_budget_through_layer_norms(keras):
+    model = convnext_like(keras)
+    gated = dsa_tf.prune_to_budget(model, 0.5)
+    gated.compile(optimizer=keras.optimizers.SGD(0.05),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 8, 8, 3)).astype("float32")
+    y = rng.integers(0, 5, 96)
+    alpha = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).repeat()
+    gated.fit(x, y, batch_size=16, epochs=6, verbose=0,
+              callbacks=[dsa_tf.DSACallback(alpha, verbose=0)])
+    assert dsa_tf.budget_status(gated)["met"]
+    small = dsa_tf.strip(gated)
+    assert dsa_tf.count_flops(small) <= 0.5 * dsa_tf.count_flops(model)
+    expected = np.asarray(gated(x[:4], training=False))
+    assert np.abs(np.asarray(small(x[:4])) - expected).max() <= 1e-5 * np.abs(expected).max()
