@@ -198,3 +198,20 @@ def recreate(op: Any, config: dict) -> Any:
 def tf_variable(variable: Any) -> tf.Variable:
     """The ``tf.Variable`` behind a Keras variable (Keras 3 wraps it; tf_keras does not)."""
     return variable if isinstance(variable, tf.Variable) else variable.value
+
+
+def per_flavour(make: Callable[[ModuleType], type]) -> Callable[[ModuleType | None], type]:
+    """``get(keras=None)``: the class ``make(keras)`` builds for one Keras flavour (default:
+    ``tf.keras``), built once per flavour (a Keras layer subclasses one flavour's Layer, and
+    registering it twice would clash). ``get.classes`` holds the classes built so far."""
+    classes: dict[str, type] = {}
+
+    def get(keras: ModuleType | None = None) -> type:
+        keras = keras or default_keras()
+        key = keras.__name__.split(".")[0]
+        if key not in classes:
+            classes[key] = make(keras)
+        return classes[key]
+
+    get.classes = classes
+    return get

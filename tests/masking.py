@@ -55,3 +55,19 @@ def check_strip(model: Any, seed: int = 0, exclude: tuple = ()) -> Any:
     assert dsa_tf.count_params(stripped) == round(plan.params(ratios))
     assert stripped.count_params() == dsa_tf.count_params(stripped)
     return stripped
+
+
+def fit_with_dsa(gated: Any, examples: int, batch_size: int, epochs: int, lr: float = 0.05,
+                 seed: int = 0) -> np.ndarray:
+    """Trains a gated classifier (logits) with DSACallback on random data shaped for its
+    input and outputs, every DSA setting at its default; returns the inputs it trained on."""
+    keras = _keras.keras_of(gated)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(examples,) + _keras.shape_of(gated.inputs[0])[1:]).astype("float32")
+    y = rng.integers(0, gated.outputs[0].shape[-1], examples)
+    gated.compile(optimizer=keras.optimizers.SGD(lr),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    alpha = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).repeat()
+    gated.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0,
+              callbacks=[dsa_tf.DSACallback(alpha, verbose=0)])
+    return x

@@ -22,6 +22,7 @@ from dsa_tf.run.report import load_report, summary_table
 from dsa_tf.structure.operators import operators
 
 import tagged_images
+from masking import fit_with_dsa
 
 
 def made_up_table(plan, calibrate=True):
@@ -132,14 +133,7 @@ def test_dsa_meets_a_latency_budget_and_strip_predicts_what_the_table_says(tmp_p
     path = str(tmp_path / "table.json")
     made_up_table(plan).save(path)
     gated = dsa_tf.prune_to_budget(model, 0.5, resource="latency", latency_table=path)
-    gated.compile(optimizer=keras.optimizers.SGD(0.05), loss=keras.losses.
-                  SparseCategoricalCrossentropy(from_logits=True))
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(128, 8, 8, 3)).astype("float32")
-    y = rng.integers(0, 3, 128)
-    alpha = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).repeat()
-    gated.fit(x, y, batch_size=16, epochs=8, verbose=0,
-              callbacks=[dsa_tf.DSACallback(alpha, verbose=0)])
+    fit_with_dsa(gated, examples=128, batch_size=16, epochs=8)
     status = dsa_tf.budget_status(gated)
     assert status["met"] and status["frozen_by"] == "allocation", status
     predicted = predicted_latency(gated)

@@ -3,13 +3,12 @@ strip, in the gated model (MaskedLayerNormalization) and in training."""
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import dsa_tf
 from dsa_tf.allocation.gated_model import gates_of
 from dsa_tf.allocation.gated_strip import gate_keep
 
-from masking import check_strip, randomize
+from masking import check_strip, fit_with_dsa, randomize
 
 
 def convnext_like(keras, rms_scaling=False):
@@ -91,14 +90,7 @@ def test_in_training_the_statistics_follow_the_sampled_masks(keras):
 def test_dsa_fit_meets_the_budget_through_layer_norms(keras):
     model = convnext_like(keras)
     gated = dsa_tf.prune_to_budget(model, 0.5)
-    gated.compile(optimizer=keras.optimizers.SGD(0.05),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(96, 8, 8, 3)).astype("float32")
-    y = rng.integers(0, 5, 96)
-    alpha = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).repeat()
-    gated.fit(x, y, batch_size=16, epochs=6, verbose=0,
-              callbacks=[dsa_tf.DSACallback(alpha, verbose=0)])
+    x = fit_with_dsa(gated, examples=96, batch_size=16, epochs=6)
     assert dsa_tf.budget_status(gated)["met"]
     small = dsa_tf.strip(gated)
     assert dsa_tf.count_flops(small) <= 0.5 * dsa_tf.count_flops(model)

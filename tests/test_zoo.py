@@ -21,7 +21,7 @@ import dsa_tf
 from dsa_tf import _keras
 from dsa_tf.allocation.gated_strip import gate_keep
 
-from masking import check_strip, randomize
+from masking import check_strip, fit_with_dsa, randomize
 
 KERAS = _keras.default_keras()
 
@@ -173,14 +173,7 @@ def test_dsa_fit_on_convnext_tiny_strips_to_its_budget(keras):
     model = keras.applications.ConvNeXtTiny(weights=None, input_shape=(32, 32, 3), classes=4,
                                             classifier_activation=None)
     gated = dsa_tf.prune_to_budget(model, 0.5)
-    gated.compile(optimizer=keras.optimizers.SGD(0.01),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(48, 32, 32, 3)).astype("float32")
-    y = rng.integers(0, 4, 48)
-    alpha = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
-    gated.fit(x, y, batch_size=8, epochs=3, verbose=0,
-              callbacks=[dsa_tf.DSACallback(alpha, verbose=0)])
+    x = fit_with_dsa(gated, examples=48, batch_size=8, epochs=3, lr=0.01)
     assert dsa_tf.budget_status(gated)["met"]
     small = dsa_tf.strip(gated)
     assert dsa_tf.count_flops(small) <= 0.5 * dsa_tf.count_flops(model)

@@ -43,7 +43,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from dsa_tf._keras import default_keras
+from dsa_tf._keras import per_flavour
 from dsa_tf.allocation import keep_process
 
 OPEN, STOCHASTIC, FROZEN = 0, 1, 2
@@ -201,18 +201,10 @@ def make_gate_class(keras: Any) -> type:
     return ChannelGate
 
 
-_CLASSES: dict[str, type] = {}
-
-
-def gate_class(keras: Any | None = None) -> type:
-    """The ChannelGate class for ``keras`` (default: ``tf.keras``), created once per flavour."""
-    keras = keras or default_keras()
-    key = keras.__name__.split(".")[0]
-    if key not in _CLASSES:
-        _CLASSES[key] = make_gate_class(keras)
-    return _CLASSES[key]
+gate_class = per_flavour(make_gate_class)
+gate_class.__doc__ = """The ChannelGate class for ``keras`` (default: ``tf.keras``)."""
 
 
 def is_gate(layer: Any) -> bool:
     """True for a ChannelGate of either Keras flavour."""
-    return any(isinstance(layer, cls) for cls in _CLASSES.values())
+    return any(isinstance(layer, cls) for cls in gate_class.classes.values())
