@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from dsa_tf.allocation import admm
 from dsa_tf.deploy.latency_model import LatencyModel
 from dsa_tf.deploy.latency_table import LatencyTable
 from dsa_tf.deploy.profile import cache_dir, cached_table
@@ -50,6 +51,7 @@ class ResourceModel:
         self.plan = plan
         self.latency_table = latency_table
         self._latency: LatencyModel | None = None
+        self._full: dict[str, float] = {}
 
     @property
     def latency(self) -> LatencyModel:
@@ -73,8 +75,11 @@ class ResourceModel:
         return self._latency
 
     def full(self, name: str) -> float:
-        """The full model's value: FLOPs or params (integers), or latency in ms."""
-        return self.value(name, np.ones(len(self.plan.prunable)))
+        """The full model's value: FLOPs or params (integers), or latency in ms (evaluated
+        once per resource: allocators divide by it at every step of their searches)."""
+        if name not in self._full:
+            self._full[name] = self.value(name, np.ones(len(self.plan.prunable)))
+        return self._full[name]
 
     def value(self, name: str, keep_ratios: np.ndarray) -> float:
         """The resource at the given keep ratios (one per prunable group, in plan order)."""
@@ -107,10 +112,9 @@ class ResourceModel:
                 parts.append(lambda a, predict=predict, full=full: predict(a) / full)
             else:
                 form = getattr(self.plan, name)
-                A, b = (tf.constant(m / full, tf.float32) for m in (form.A, form.b))
-                c = form.c / full
-                parts.append(lambda a, A=A, b=b, c=c: tf.tensordot(a, tf.linalg.matvec(A, a), 1)
-                             + tf.tensordot(b, a, 1) + c)
+                quadratic = admm.quadratic_resource(*(
+                    tf.constant([value / full], tf.float32) for value in (form.A, form.b, form.c)))
+                parts.append(lambda a, quadratic=quadratic: quadratic(a)[0])
 
         def resource(keep_ratios: tf.Tensor) -> tf.Tensor:
             plan_ratios = tf.gather(tf.cast(keep_ratios, tf.float32), to_plan)
