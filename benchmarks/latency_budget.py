@@ -8,9 +8,11 @@ script:
    ``dsa_tf.deploy.profile.profile_latency`` (float32, ``--threads`` threads; the time it
    takes is reported);
 2. prunes it to ``--budget`` (50%) of its latency with ``dsa_tf.uniform_allocation(model,
-   0.5, resource="latency", latency_table=...)``: one keep ratio for every group, kept counts
-   in multiples of the table's step (8), the largest configuration the table predicts within
-   the budget;
+   0.5, resource="latency", latency_table=...)`` (one keep ratio for every group, the largest
+   the table predicts within the budget) and with ``dsa_tf.magnitude_allocation`` (a global
+   threshold on the filters' norms, which trades between groups); kept counts are multiples
+   of each group's step in the table (8, or 16 where the measured times show tiles of 16;
+   the script prints how many groups step by each);
 3. builds FLOPs-budgeted comparisons with the same allocator: at the FLOPs the latency arm
    kept (``round_to`` 1, the default of a FLOPs budget), and a sweep of lower FLOPs budgets
    with ``round_to`` 1 and 16 (rounding by hand, as BENCHMARKS.md "LiteRT latency" did), to
@@ -64,11 +66,12 @@ def flops_ratio(model: Any, keep: dict) -> float:
 
 
 def variants(model: Any, table_path: str, budget: float) -> list[tuple[str, int, dict]]:
-    """(label, round_to, keep) of the latency arm and of the FLOPs-budgeted comparisons."""
-    latency_keep = dsa_tf.uniform_allocation(model, budget, resource="latency",
-                                             latency_table=table_path)
-    kept_flops = flops_ratio(model, latency_keep)
-    result = [(f"latency {budget:.0%}", 8, latency_keep)]
+    """(label, round_to, keep) of the latency arms (round_to 0: the table's steps) and of
+    the FLOPs-budgeted comparisons (at the FLOPs the first latency arm kept, and below)."""
+    result = [(f"latency {budget:.0%} {allocate.__name__.split('_')[0]}", 0,
+               allocate(model, budget, resource="latency", latency_table=table_path))
+              for allocate in (dsa_tf.uniform_allocation, dsa_tf.magnitude_allocation)]
+    kept_flops = flops_ratio(model, result[0][2])
     for round_to in (1, 16):
         for share in SWEEP:
             target = share * kept_flops
@@ -111,6 +114,9 @@ def main() -> int:
                   f"{table_seconds:.0f} s", flush=True)
             plan = dsa_tf.analyze(model)
             latency = LatencyModel(plan, table)
+            steps = latency.group_steps()
+            print("  group steps: " + ", ".join(
+                f"{np.sum(steps == s)} groups by {s}" for s in sorted(set(steps.tolist()))))
             entries = [("unpruned", 1, {})] + variants(model, table_path, args.budget)
             paths = []
             for i, (_, _, keep) in enumerate(entries):

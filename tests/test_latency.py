@@ -32,9 +32,15 @@ KERAS3_ONLY = pytest.mark.skipif(_keras.default_keras().__name__.startswith("tf_
                                  reason="flavour-independent; run under Keras 3")
 
 
-def made_up_table(plan, calibrate=True):
+def made_up_table(plan, calibrate=True, tile=1):
     """A table of ms = 0.01 + n_in * n_out / 1000 on a grid of 1, multiples of 8 and the full
-    width, calibrated as fixed 0.5 ms, scale 1 (a known function, to check the model on)."""
+    width, calibrated as fixed 0.5 ms, scale 1 (a known function, to check the model on);
+    with ``tile``, channel counts are rounded up to its multiples first (a runtime that
+    computes channels in tiles)."""
+
+    def tiled(n):
+        return -(-n // tile) * tile
+
     table = LatencyTable("made up", "none", "float32", 1)
     for op in operators(plan):
         grid_in = sorted({1, *range(8, op.channels_in + 1, 8), op.channels_in})
@@ -43,7 +49,7 @@ def made_up_table(plan, calibrate=True):
             {1, *range(8, op.channels_out + 1, 8), op.channels_out})
         table.entries[signature_key(op.signature)] = {
             "channels_in": grid_in, "channels_out": grid_out,
-            "ms": [[0.01 + i * o / 1000 for o in grid_out] for i in grid_in]}
+            "ms": [[0.01 + tiled(i) * tiled(o) / 1000 for o in grid_out] for i in grid_in]}
     if calibrate:
         table.calibrations[fingerprint(plan)] = {"fixed_ms": 0.5, "scale": 1.0, "points": []}
     return table
@@ -131,6 +137,25 @@ def test_latency_budgets_alone_and_mixed_hold_in_every_allocator(tmp_path):
         dsa_tf.prune_to_budget(model, 0.4 / full, resource="latency", latency_table=path)
     with pytest.raises(FileNotFoundError, match="dsa-tf profile"):
         dsa_tf.prune_to_budget(model, 0.5, resource="latency", latency_table=path + ".missing")
+
+
+def test_latency_budgets_keep_the_cheap_side_of_the_runtimes_tiles(tmp_path):
+    model = dsa_tf.models.cifar_resnet(8, input_shape=(8, 8, 3))
+    plan = dsa_tf.analyze(model)
+    assert LatencyModel(plan, made_up_table(plan)).group_steps().tolist() == [8] * 6
+    # a runtime with tiles of 16: 8 channels cost what 16 do, 24 what 32 do
+    tiled = made_up_table(plan, tile=16)
+    assert LatencyModel(plan, tiled).group_steps().tolist() == [16] * 6
+    path = str(tmp_path / "tiled.json")
+    tiled.save(path)
+    keep = dsa_tf.uniform_allocation(model, 0.7, resource="latency", latency_table=path)
+    assert all(len(k) % 16 == 0 for k in keep.values()) and any(
+        len(k) < g.channels for k, g in zip(keep.values(), plan.prunable))
+    gated = dsa_tf.prune_to_budget(model, 0.7, resource="latency", latency_table=path)
+    assert {gate.round_to for gate in gates_of(gated)} == {16}
+    by_hand = dsa_tf.prune_to_budget(model, 0.7, resource="latency", latency_table=path,
+                                     round_to=8)
+    assert {gate.round_to for gate in gates_of(by_hand)} == {8}
 
 
 @KERAS3_ONLY

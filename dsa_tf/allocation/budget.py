@@ -38,9 +38,11 @@ def check_rounding(min_channels: Any, round_to: Any) -> None:
             raise ValueError(f"{name} must {rule}, got {value!r}.")
 
 
-def fewest_counts(plan: ChannelPlan, min_channels: int = 1, round_to: int = 1) -> np.ndarray:
+def fewest_counts(plan: ChannelPlan, min_channels: int = 1,
+                  round_to: int | np.ndarray = 1) -> np.ndarray:
     """The fewest channels each prunable group may keep: ``min_channels`` rounded up to a
-    multiple of ``round_to``, or all of its channels if it has fewer (the rule of
+    multiple of ``round_to`` (one for all groups, or one per group in plan order), or all of
+    its channels if it has fewer (the rule of
     :func:`dsa_tf.allocation.keep_process.kept_count`)."""
     channels = np.array([g.channels for g in plan.prunable])
     return np.asarray(kept_count(0.0, channels, min_channels, round_to), dtype=np.int64)
@@ -69,7 +71,7 @@ def meets(resources: ResourceModel, fractions: Mapping[str, float], counts: np.n
 
 def budget_fractions(resources: ResourceModel, budget: float | Mapping[str, float],
                      resource: str = "flops", min_channels: int = 1,
-                     round_to: int = 1) -> dict[str, float]:
+                     round_to: int | np.ndarray = 1) -> dict[str, float]:
     """Validates a budget and returns it as fractions of the model's resources.
 
     Args:
@@ -79,7 +81,8 @@ def budget_fractions(resources: ResourceModel, budget: float | Mapping[str, floa
             ``{"flops": 0.5, "params": 0.4}`` of constraints that must all hold.
         resource: "flops", "params" or "latency", when ``budget`` is a number.
         min_channels: the fewest channels every group keeps.
-        round_to: groups keep multiples of this many channels (or all of them).
+        round_to: groups keep multiples of this many channels (or all of them); one for all
+            groups, or one per group in plan order.
 
     Raises:
         ValueError: for an unknown resource, a budget that is not a positive finite number, an
@@ -119,8 +122,8 @@ def budget_fractions(resources: ResourceModel, budget: float | Mapping[str, floa
             given = f"{fraction:.4f}" if value <= 1 else f"{value:,} ({fraction:.4f})"
             raise ValueError(
                 f"The {name} budget {given} (of the model's {full:,.6g} {UNITS[name]}) cannot be "
-                f"met: with min_channels={min_channels}, round_to={round_to} in every prunable "
-                f"group the smallest reachable value is {reachable:.4f} "
+                f"met: with min_channels={min_channels}, {_rounding(round_to)} in every "
+                f"prunable group the smallest reachable value is {reachable:.4f} "
                 f"({reachable * full:,.6g} {UNITS[name]}).")
         fractions[name] = fraction
     return fractions
@@ -129,21 +132,24 @@ def budget_fractions(resources: ResourceModel, budget: float | Mapping[str, floa
 def validated_budget(model: Any, budget: float | Mapping[str, float], resource: str,
                      min_channels: int, round_to: int | None, exclude: Iterable[str],
                      latency_table: Any = None,
-                     ) -> tuple[ResourceModel, dict[str, float], int]:
+                     ) -> tuple[ResourceModel, dict[str, float], np.ndarray]:
     """Analyzes ``model`` and validates the budget and rounding: the common first step of the
     allocators. Returns the model's resource model, the budget as fractions (see
-    :func:`budget_fractions`) and the rounding: ``round_to``, or if None, 1 for FLOPs and
-    params budgets and the latency table's channel step (8) for a latency budget, whose table
-    measures times at multiples of it (:mod:`dsa_tf.deploy.latency_table`). A latency budget
-    without ``latency_table`` measures one on this device
-    (:func:`dsa_tf.deploy.profile.cached_table`).
+    :func:`budget_fractions`) and the rounding of every prunable group (plan order):
+    ``round_to``, or if None, 1 for FLOPs and params budgets and, for a latency budget, the
+    step the latency table's measurements show for the group (the table's step, 8, or twice
+    it where the runtime computes the group's channels in tiles of 16:
+    :meth:`dsa_tf.deploy.latency_model.LatencyModel.group_steps`), so that pruned groups keep
+    counts on the cheap side of the runtime's steps, which are measured points of the table
+    (:mod:`dsa_tf.deploy.latency_table`). A latency budget without ``latency_table`` measures
+    one on this device (:func:`dsa_tf.deploy.profile.cached_table`).
 
     Example:
         >>> import dsa_tf
         >>> resources, fractions, round_to = validated_budget(
         ...     dsa_tf.models.cifar_resnet(20), 0.5, "flops", 1, None, ())
-        >>> fractions, round_to
-        ({'flops': 0.5}, 1)
+        >>> fractions, round_to.tolist()
+        ({'flops': 0.5}, [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1])
     """
     check_rounding(min_channels, 1 if round_to is None else round_to)
     plan = analyze(model, exclude)
@@ -151,7 +157,15 @@ def validated_budget(model: Any, budget: float | Mapping[str, float], resource: 
     latency = "latency" in names
     table = latency_table_path(model, latency_table, exclude) if latency else None
     resources = ResourceModel(plan, table)
-    if round_to is None:
-        round_to = resources.latency.table.step if latency else 1
+    if round_to is None and latency:
+        steps = resources.latency.group_steps()
+    else:
+        steps = np.full(len(plan.prunable), 1 if round_to is None else int(round_to), np.int64)
     return resources, budget_fractions(resources, budget, resource, int(min_channels),
-                                       int(round_to)), int(round_to)
+                                       steps), steps
+
+
+def _rounding(round_to: int | np.ndarray) -> str:
+    """``round_to`` as an error message states it."""
+    steps = sorted(set(np.atleast_1d(round_to).tolist()))
+    return f"round_to={steps[0]}" if len(steps) == 1 else f"round_to in {steps} by group"

@@ -40,7 +40,7 @@ from dsa_tf.allocation.resources import ResourceModel
 
 def global_allocation(resources: ResourceModel, fractions: Mapping[str, float],
                       scores: Mapping[str, np.ndarray], min_channels: int = 1,
-                      round_to: int = 1) -> dict[str, np.ndarray]:
+                      round_to: int | np.ndarray = 1) -> dict[str, np.ndarray]:
     """The keep dict of a global threshold on normalised ``scores`` that meets the budget.
 
     Args:
@@ -50,7 +50,8 @@ def global_allocation(resources: ResourceModel, fractions: Mapping[str, float],
         scores: ``{group_name: per-channel score}`` for every prunable group; higher is more
             important. Normalised here with :func:`dsa_tf.allocation.importance.normalised`.
         min_channels: the fewest channels any group keeps.
-        round_to: groups keep multiples of this many channels, or all of them.
+        round_to: groups keep multiples of this many channels, or all of them (one for all
+            groups, or one per group in plan order).
 
     Returns:
         ``{group_name: sorted kept channel indices}`` for every prunable group.
@@ -61,17 +62,18 @@ def global_allocation(resources: ResourceModel, fractions: Mapping[str, float],
 
 def removal_counts(resources: ResourceModel, fractions: Mapping[str, float],
                    scores: Mapping[str, np.ndarray], min_channels: int = 1,
-                   round_to: int = 1) -> np.ndarray:
+                   round_to: int | np.ndarray = 1) -> np.ndarray:
     """Kept channel counts (one per prunable group) after removing the lowest-scoring steps
     until the budget holds: the fewest steps of the global order that meet it (bisection
     over the number of steps; fewer channels never cost more)."""
     plan = resources.plan
     channels = np.array([g.channels for g in plan.prunable])
     step_scores, step_shares, step_groups, step_counts = [], [], [], []
-    for k, (group, fewest) in enumerate(zip(plan.prunable, fewest_counts(plan, min_channels,
-                                                                          round_to))):
+    steps = np.broadcast_to(round_to, len(plan.prunable))
+    for k, (group, fewest, step) in enumerate(zip(
+            plan.prunable, fewest_counts(plan, min_channels, round_to), steps.tolist())):
         ascending = np.sort(scores[group.name])
-        for count in range((group.channels - 1) // round_to * round_to, fewest - 1, -round_to):
+        for count in range((group.channels - 1) // step * step, fewest - 1, -step):
             step_scores.append(ascending[group.channels - count - 1])
             step_shares.append(1 - count / group.channels)  # removed after the step
             step_groups.append(k)

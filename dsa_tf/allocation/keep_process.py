@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import tensorflow as tf
 
 # Smallest positive normal number of each supported dtype (2**(1 - 2**(exponent bits - 1))).
@@ -215,7 +216,7 @@ def sample_mask(probabilities: tf.Tensor, uniform_noise: tf.Tensor) -> tf.Tensor
 
 def kept_count(
     keep_ratio: tf.Tensor | float, channels: tf.Tensor | int, min_channels: int = 1,
-    round_to: int = 1,
+    round_to: int | np.ndarray = 1,
 ) -> tf.Tensor:
     """Number of channels kept at inference.
 
@@ -236,6 +237,8 @@ def kept_count(
         min_channels: lower bound on the count before clipping to [1, C].
         round_to: kept counts are multiples of this (or C).
 
+    Arrays of keep ratios, channels and ``round_to`` (one per group) give one count per group.
+
     Returns:
         Scalar int32 tensor k.
 
@@ -247,7 +250,7 @@ def kept_count(
     """
     a = _as_dtype(keep_ratio, tf.float64)
     total = tf.cast(channels, tf.int32)
-    step = tf.constant(max(int(round_to), 1), tf.int32)
+    step = tf.maximum(tf.constant(round_to, tf.int32), 1)
     rounded = tf.cast(tf.round(a * tf.cast(total, tf.float64)), tf.int32)
     multiple = tf.where(rounded >= total, total, rounded // step * step)
     smallest = tf.minimum(total, (max(int(min_channels), 1) + step - 1) // step * step)

@@ -50,7 +50,8 @@ def magnitude_allocation(model: Any, budget: float | Mapping[str, float], *,
         resource: "flops", "params" or "latency" (for a numeric ``budget``).
         min_channels: the fewest channels any group keeps.
         round_to: every pruned group keeps a multiple of this many channels, or all of them
-            (default: 1, and for a latency budget the latency table's channel step, 8).
+            (default: 1, and for a latency budget each group's step in the latency table,
+            8 or 16: see :func:`dsa_tf.allocation.budget.validated_budget`).
         exclude: layer names whose channels stay whole (see :func:`dsa_tf.analyze`).
         latency_table: for a latency budget, as for :func:`dsa_tf.prune_to_budget`.
 
@@ -73,4 +74,4 @@ def magnitude_allocation(model: Any, budget: float | Mapping[str, float], *,
         model, budget, resource, min_channels, round_to, exclude, latency_table)
     plan = resources.plan
     return global_allocation(resources, fractions, channel_importance(plan, norm_order=2),
-                             int(min_channels), int(round_to))
+                             int(min_channels), round_to)

@@ -21,7 +21,7 @@ from dsa_tf.allocation.budget import validated_budget
 from dsa_tf.allocation.gated_model import refresh_importance
 from dsa_tf.allocation.gates import gate_class
 from dsa_tf.allocation.importance import importance_sources
-from dsa_tf.allocation.masked_norm import masked_norm_class
+from dsa_tf.allocation.masked_norm import masked_norm_classes
 from dsa_tf.deploy.latency_table import LatencyTable
 from dsa_tf.structure.graph import ChannelPlan, FlatCall, resolve
 from dsa_tf.structure.rules import ChannelNorm, Depthwise, Through
@@ -52,8 +52,9 @@ def prune_to_budget(model: Any, budget: float | Mapping[str, float], *,
         round_to: every pruned group keeps a multiple of this many channels, or all of them
             (8 or 16 suit the vector units of CPUs and NPUs; see BENCHMARKS.md). Hard masks
             round the kept count down, so the stripped model still meets the budget. Default:
-            1, and for a latency budget the latency table's channel step (8), the multiples
-            its times are measured at.
+            1, and for a latency budget each group's step in the latency table (8, or 16
+            where the table shows the runtime computing the group's channels in tiles of
+            16; see :func:`dsa_tf.allocation.budget.validated_budget`).
         seed: seed of the gates' Bernoulli noise (default: a fixed seed, 0).
         latency_table: for a latency budget: the path of a table made by ``dsa-tf profile``
             on the target device, or a :class:`dsa_tf.deploy.latency_table.LatencyTable`;
@@ -77,7 +78,7 @@ def prune_to_budget(model: Any, budget: float | Mapping[str, float], *,
     base_seed = 0 if seed is None else int(seed)
     gates = {
         g.name: ChannelGate(group=g.name, channels=g.channels, min_channels=min_channels,
-                            round_to=int(round_to),
+                            round_to=int(round_to[k]),
                             seed=base_seed * 100_003 + k, budget=fractions,
                             exclude=sorted(set(exclude)),
                             latency_table=resources.latency_table,
@@ -96,8 +97,9 @@ def prune_to_budget(model: Any, budget: float | Mapping[str, float], *,
     masked_norms: dict[int, Any] = {}
 
     def masked_norm(fc: FlatCall, new_of: Any, name: str) -> list | None:
-        """A LayerNormalization of a prunable group becomes a MaskedLayerNormalization on
-        [x, the gates' mask]: it normalises over the kept channels, as its strip will."""
+        """A LayerNormalization (RMSNormalization) of a prunable group becomes its masked
+        form on [x, the gates' mask]: it normalises over the kept channels, as its strip
+        will."""
         in_map = fc.info.in_maps[0] if fc.info.in_maps else None
         if not isinstance(fc.rule, ChannelNorm) or fc.opaque or in_map is None or not any(
                 plan.groups[g].prunable for g in plan.group_of_space[in_map.spaces]):
@@ -105,8 +107,8 @@ def prune_to_budget(model: Any, budget: float | Mapping[str, float], *,
         x = new_of(fc.call.inputs[0])
         if id(fc.op) not in masked_norms:
             config = {**_keras.layer_config(fc.op), "name": name}
-            masked_norms[id(fc.op)] = masked_norm_class(_keras.keras_of(model)).from_config(
-                config)
+            masked = masked_norm_classes(_keras.keras_of(model))[type(fc.op).__name__]
+            masked_norms[id(fc.op)] = masked.from_config(config)
         layer = masked_norms[id(fc.op)]
         output = layer([x, _gate(plan, gates, x, in_map, mask_only=True)])
         layer.set_weights(fc.op.get_weights())

@@ -67,7 +67,8 @@ def taylor_allocation(model: Any, budget: float | Mapping[str, float], data: Ite
         resource: "flops", "params" or "latency" (for a numeric ``budget``).
         min_channels: the fewest channels any group keeps.
         round_to: every pruned group keeps a multiple of this many channels, or all of them
-            (default: 1, and for a latency budget the latency table's channel step, 8).
+            (default: 1, and for a latency budget each group's step in the latency table,
+            8 or 16: see :func:`dsa_tf.allocation.budget.validated_budget`).
         exclude: layer names whose channels stay whole (see :func:`dsa_tf.analyze`).
         latency_table: for a latency budget, as for :func:`dsa_tf.prune_to_budget`.
 
@@ -94,7 +95,7 @@ def taylor_allocation(model: Any, budget: float | Mapping[str, float], data: Ite
     loss_fn = resolve_loss(model, loss, "taylor_allocation")
     scores = taylor_importance(prune_to_budget(model, 1.0, exclude=exclude), loss_fn,
                                _first_batches(data, batches))
-    return global_allocation(resources, fractions, scores, int(min_channels), int(round_to))
+    return global_allocation(resources, fractions, scores, int(min_channels), round_to)
 
 
 def taylor_importance(gated: Any, loss_fn: Any, batches: list) -> dict[str, np.ndarray]:

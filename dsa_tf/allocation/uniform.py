@@ -45,7 +45,8 @@ def uniform_allocation(model: Any, budget: float | Mapping[str, float], *,
         resource: "flops", "params" or "latency" (for a numeric ``budget``).
         min_channels: the fewest channels any group keeps.
         round_to: every pruned group keeps a multiple of this many channels, or all of them
-            (default: 1, and for a latency budget the latency table's channel step, 8).
+            (default: 1, and for a latency budget each group's step in the latency table,
+            8 or 16: see :func:`dsa_tf.allocation.budget.validated_budget`).
         exclude: layer names whose channels stay whole (see :func:`dsa_tf.analyze`).
         latency_table: for a latency budget, as for :func:`dsa_tf.prune_to_budget`.
 
@@ -69,7 +70,7 @@ def uniform_allocation(model: Any, budget: float | Mapping[str, float], *,
     channels = np.array([g.channels for g in plan.prunable])
 
     def counts(ratio: float) -> np.ndarray:
-        return np.asarray(kept_count(ratio, channels, int(min_channels), int(round_to)))
+        return np.asarray(kept_count(ratio, channels, int(min_channels), round_to))
 
     low, high = 0.0, 1.0  # counts(0), the fewest channels, meets the budget (validated)
     if meets(resources, fractions, counts(high)):

@@ -27,6 +27,8 @@ Example:
     >>> import numpy as np
     >>> model.predict(np.ones(len(plan.prunable))) > model.predict(np.full(6, 0.5))
     True
+    >>> model.group_steps().tolist()   # time linear in the channels: the table's step
+    [8, 8, 8, 8, 8, 8]
 """
 
 from __future__ import annotations
@@ -52,9 +54,10 @@ class LatencyModel:
             model, if it has one, sets ``fixed_ms`` and ``scale``; else they are 0 and 1 and
             ``calibrated`` is False.
 
-    Times that fall as channels grow (timing noise) are raised to the largest time at fewer
-    channels, so that the prediction never falls as a group keeps more channels (allocators
-    bisect on it, and the ADMM expects a non-decreasing resource).
+    Times that fall as channels grow (a runtime's tile steps, or timing noise) are raised to
+    the largest time at fewer channels, so that the prediction never falls as a group keeps
+    more channels (allocators bisect on it, and the ADMM expects a non-decreasing resource).
+    The measured times as they are decide :meth:`group_steps`.
 
     Raises:
         ValueError: an operator whose signature the table does not cover, or channel counts
@@ -69,6 +72,7 @@ class LatencyModel:
         self.fixed_ms = float(calibration["fixed_ms"]) if calibration else 0.0
         self.scale = float(calibration["scale"]) if calibration else 1.0
         self.operators = operators(plan)
+        self._plan_groups = plan.prunable
         self._groups = len(plan.prunable)
         entries, missing = [], []
         for op in self.operators:
@@ -83,8 +87,7 @@ class LatencyModel:
                 missing.append(f"{op.name} ({op.channels_in}->{op.channels_out} channels, the "
                                f"table's grid ends at {grid_in[-1]:.0f}->{grid_out[-1]:.0f})")
                 continue
-            ms = np.asarray(entry["ms"], np.float64)  # made non-decreasing along both axes
-            ms = np.maximum.accumulate(np.maximum.accumulate(ms, axis=0), axis=1)
+            ms = np.asarray(entry["ms"], np.float64)
             # a depthwise operator has one output column: its output follows its input
             out = Quadratic.linear(np.zeros(self._groups), grid_out[0]) if depthwise \
                 else op.kept_out
@@ -100,19 +103,58 @@ class LatencyModel:
         self._grids = [_framed_grids([e[2 + axis] for e in entries]) for axis in (0, 1)]
         self._ranges = [np.array([[e[2 + axis][0], e[2 + axis][-1]] for e in entries],
                                  np.float64).reshape(len(entries), 2) for axis in (0, 1)]
-        self._ms = np.zeros((len(entries), self._grids[0].shape[1] - 2,
-                             self._grids[1].shape[1] - 2))
+        self._raw_ms = np.zeros((len(entries), self._grids[0].shape[1] - 2,
+                                 self._grids[1].shape[1] - 2))
         for p, entry in enumerate(entries):
-            self._ms[p, :entry[4].shape[0], :entry[4].shape[1]] = entry[4]
+            self._raw_ms[p, :entry[4].shape[0], :entry[4].shape[1]] = entry[4]
+        # made non-decreasing along both axes (padding beyond a grid is never weighted)
+        self._ms = np.maximum.accumulate(np.maximum.accumulate(self._raw_ms, axis=1), axis=2)
         self._tf = [[tf.constant(v, tf.float32) for v in values] for values in
                     (self._forms, self._grids, self._ranges, [self._ms])]
 
-    def operator_times(self, keep_ratios: np.ndarray) -> np.ndarray:
-        """Every covered operator's table time in ms at the given keep ratios (numpy)."""
+    def operator_times(self, keep_ratios: np.ndarray, measured: bool = False) -> np.ndarray:
+        """Every covered operator's table time in ms at the given keep ratios (numpy): the
+        non-decreasing times the prediction uses, or with ``measured`` the table's own."""
         ratios = np.append(np.asarray(keep_ratios, np.float64), 1.0)
         weights = [_hat_weights(form @ ratios, grid, limits, np)
                    for form, grid, limits in zip(self._forms, self._grids, self._ranges)]
-        return np.einsum("pi,pij,pj->p", weights[0], self._ms, weights[1])
+        return np.einsum("pi,pij,pj->p", weights[0], self._raw_ms if measured else self._ms,
+                         weights[1])
+
+    def group_steps(self) -> np.ndarray:
+        """The channel step each group (plan order) keeps multiples of under a latency
+        budget: the table's step s, or 2s where the measured times show the runtime computing
+        that group's channels in tiles of 2s.
+
+        For every odd multiple k of s with k + s within the group (the other groups whole),
+        the share of the cost of going from k - s to k + s channels that the upper s channels
+        add, (t(k+s) - t(k)) / (t(k+s) - t(k-s)), is about 1/2 when the time grows with every
+        s channels and about 0 (or below) when k costs as much as k + s (XNNPACK's float32
+        kernels on AVX2 tile wide layers by 16: BENCHMARKS.md, "Latency budgets"). A group
+        whose median share is below 1/4 steps by 2s: a count between two multiples of 2s
+        would cost as much as the next multiple while keeping fewer channels. Groups narrower
+        than 2s, and groups whose shares are mixed, step by s.
+        """
+        step = self.table.step
+        result = np.full(self._groups, step, dtype=np.int64)
+        channels = np.array([g.channels for g in self._plan_groups])
+        for g in range(self._groups):
+            odd = range(step, channels[g] - step + 1, 2 * step)
+            if not odd:
+                continue
+
+            def time(count: int, g: int = g) -> float:
+                ratios = np.ones(self._groups)
+                ratios[g] = max(count, 1) / channels[g]
+                return float(self.operator_times(ratios, measured=True).sum())
+
+            shares = []
+            for k in odd:
+                low, mid, high = time(k - step), time(k), time(k + step)
+                shares.append((high - mid) / (high - low) if high > low else 0.0)
+            if np.median(shares) < 0.25:
+                result[g] = 2 * step
+        return result
 
     def operator_sum(self, keep_ratios: np.ndarray) -> float:
         """The operators' summed table times in ms at the given keep ratios (numpy)."""

@@ -9,12 +9,13 @@ as much as the next multiple or more (measured in BENCHMARKS.md, "Latency budget
 input channels enter about linearly. The output grid (and a depthwise operator's channel
 grid) is therefore every multiple of ``step`` (8) up to the full width, plus 1 and the full
 width; the input grid is 1, half and the full width (:func:`input_grid`). Latency-budgeted
-groups keep multiples of ``step`` (:func:`dsa_tf.allocation.budget.validated_budget`), so the
-counts a pruned model keeps are measured points of its output grid. Each grid point is a
-single-operator ``.tflite`` model (the operator alone, batch 1, random weights) timed as
-:func:`dsa_tf.benchmark_tflite` does (min of invokes, median of rounds). The table records
-the device, runtime version, precision, threads and step it was measured with, and saves as
-JSON, so it can be measured on the target device and used elsewhere.
+groups keep multiples of ``step``, or of twice it where the measured times show tiles of 2 x
+``step`` (:meth:`dsa_tf.deploy.latency_model.LatencyModel.group_steps`), so the counts a
+pruned model keeps are measured points of its output grid, on the cheap side of the steps.
+Each grid point is a single-operator ``.tflite`` model (the operator alone, batch 1, random
+weights) timed as :func:`dsa_tf.benchmark_tflite` does (min of invokes, median of rounds).
+The table records the device, runtime version, precision, threads and step it was measured
+with, and saves as JSON, so it can be measured on the target device and used elsewhere.
 
 Example:
     >>> from dsa_tf.deploy.latency_table import channel_grid, input_grid

@@ -3,7 +3,8 @@
 The table (:mod:`dsa_tf.deploy.latency_table`) times every costed operator signature of the
 model on a grid of channel counts; the calibration then times the whole model stripped to a
 few uniform widths (from all to a quarter of every prunable group's channels, in multiples of
-the grid step) and fits
+the grid step), timed side by side (:func:`dsa_tf.compare_tflite_latency`: interleaved rounds,
+so that the machine's slow and fast phases hit every width alike), and fits
 ``measured = fixed_ms + scale x operators' sum`` to them (least squares), so that the
 prediction of :class:`dsa_tf.deploy.latency_model.LatencyModel` covers what single operators
 do not. :func:`cached_table` keeps one table per model, device and setting in a cache
@@ -23,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -39,8 +41,8 @@ from dsa_tf.deploy.latency_table import (
     measure_table,
     runtime_version,
     this_device,
-    time_tflite,
 )
+from dsa_tf.deploy.timing import compare_tflite_latency
 from dsa_tf.structure.graph import analyze
 from dsa_tf.structure.operators import operators
 from dsa_tf.structure.strip import strip
@@ -64,7 +66,8 @@ def profile_latency(model: Any, table: LatencyTable | None = None, *,
         step: output channel grid step (see :func:`dsa_tf.deploy.latency_table.channel_grid`);
             latency-budgeted groups keep multiples of it.
         rounds, invokes: each time is the median over ``rounds`` of the minimum of
-            ``invokes`` invokes.
+            ``invokes`` invokes (whole models, few and what the calibration rests on: over
+            three times ``rounds``).
         exclude: layer names whose channels stay whole (see :func:`dsa_tf.analyze`).
         progress: called with a line per measured signature and calibration (None: quiet).
 
@@ -86,18 +89,26 @@ def profile_latency(model: Any, table: LatencyTable | None = None, *,
                           step=step, rounds=rounds, invokes=invokes, table=table,
                           progress=progress)
     uncalibrated = LatencyModel(plan, dataclasses.replace(table, calibrations={}))
-    points = []
+    sums = []
     started = time.perf_counter()
-    for width in CALIBRATION_WIDTHS:
-        keep = {g.name: range(min(g.channels, max(table.step, round(
-            width * g.channels / table.step) * table.step))) for g in plan.prunable}
-        content = _tflite(strip(model, keep, exclude=exclude), precision)
-        measured = time_tflite(content, threads, rounds, invokes)
-        points.append([uncalibrated.operator_sum(plan.keep_ratios(keep)), measured])
-        if progress:
-            progress(f"latency calibration: whole model at {width:.0%} width {measured:.3f} ms, "
-                     f"operators' sum {points[-1][0]:.3f} ms "
-                     f"({time.perf_counter() - started:.0f} s)")
+    with tempfile.TemporaryDirectory() as directory:
+        paths = []
+        for width in CALIBRATION_WIDTHS:
+            keep = {g.name: range(min(g.channels, max(table.step, round(
+                width * g.channels / table.step) * table.step))) for g in plan.prunable}
+            paths.append(os.path.join(directory, f"width_{width}.tflite"))
+            Path(paths[-1]).write_bytes(_tflite(strip(model, keep, exclude=exclude), precision))
+            sums.append(uncalibrated.operator_sum(plan.keep_ratios(keep)))
+            if progress:
+                progress(f"latency calibration: whole model at {width:.0%} width exported "
+                         f"({time.perf_counter() - started:.0f} s)")
+        reports = compare_tflite_latency(paths, threads=threads, rounds=3 * rounds,
+                                         invokes=invokes)
+    points = [[total, report.median_ms] for total, report in zip(sums, reports)]
+    if progress:
+        progress("latency calibration: measured " + ", ".join(
+            f"{measured:.3f} ms at {width:.0%}" for width, (_, measured) in
+            zip(CALIBRATION_WIDTHS, points)) + f" ({time.perf_counter() - started:.0f} s)")
     table.calibrations[fingerprint(plan)] = {**_fit(points), "points": points}
     return table
 

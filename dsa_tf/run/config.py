@@ -63,7 +63,8 @@ class RunConfig:
         "4 training batches).")
     round_to: int | None = _setting(
         None, "Pruned groups keep multiples of this many channels (or all of them); default 1, "
-        "and with --resource=latency the latency table's channel step (8).")
+        "and with --resource=latency each group's step in the latency table (8, or 16 where the "
+        "table shows the runtime computing the group's channels in tiles of 16).")
     init: str | None = _setting(
         None, "A pre-trained .keras model to start from (no warm-up; it is also evaluated as "
         "the unpruned reference).")
