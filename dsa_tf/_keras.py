@@ -200,13 +200,14 @@ def tf_variable(variable: Any) -> tf.Variable:
     return variable if isinstance(variable, tf.Variable) else variable.value
 
 
-def per_flavour(make: Callable[[ModuleType], type]) -> Callable[[ModuleType | None], type]:
-    """``get(keras=None)``: the class ``make(keras)`` builds for one Keras flavour (default:
-    ``tf.keras``), built once per flavour (a Keras layer subclasses one flavour's Layer, and
-    registering it twice would clash). ``get.classes`` holds the classes built so far."""
-    classes: dict[str, type] = {}
+def per_flavour(make: Callable[[ModuleType], Any]) -> Callable[[ModuleType | None], Any]:
+    """``get(keras=None)``: the class (or classes) ``make(keras)`` builds for one Keras
+    flavour (default: ``tf.keras``), built once per flavour (a Keras layer subclasses one
+    flavour's Layer, and registering it twice would clash). ``get.classes`` holds what was
+    built so far."""
+    classes: dict[str, Any] = {}
 
-    def get(keras: ModuleType | None = None) -> type:
+    def get(keras: ModuleType | None = None) -> Any:
         keras = keras or default_keras()
         key = keras.__name__.split(".")[0]
         if key not in classes:

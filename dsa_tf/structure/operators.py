@@ -24,7 +24,7 @@ import numpy as np
 
 from dsa_tf.structure.graph import ChannelPlan
 from dsa_tf.structure.quadratic import Quadratic
-from dsa_tf.structure.rules import Create, Depthwise
+from dsa_tf.structure.rules import Create, Depthwise, GroupedConv
 
 SIGNATURE_KEYS = ("kernel_size", "strides", "padding", "dilation_rate", "depth_multiplier",
                   "use_bias")
@@ -59,10 +59,14 @@ class Operator:
 
 def operators(plan: ChannelPlan) -> list[Operator]:
     """Every convolution, depthwise/separable convolution and Dense call of ``plan``, in
-    network order (a layer called twice appears twice)."""
+    network order (a layer called twice appears twice); general grouped convolutions, whose
+    channels are kept whole, are left out."""
     result = []
     for fc in plan.calls:
-        if fc.opaque or not isinstance(fc.rule, (Create, Depthwise)):
+        # a grouped convolution prunes neither side: its time is constant, in the latency
+        # calibration's fixed part
+        if fc.opaque or not isinstance(fc.rule, (Create, Depthwise)) \
+                or isinstance(fc.rule, GroupedConv):
             continue
         info = fc.info
         signature: dict[str, Any] = {

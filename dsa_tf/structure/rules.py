@@ -153,28 +153,34 @@ class MixesChannels(Through):
 
 
 class ChannelNorm(Through):
-    """LayerNormalization over the channel axis: prunable, with masked statistics.
+    """LayerNormalization and RMSNormalization over the channel axis: prunable, with masked
+    statistics.
 
-    Pruning a group that a LayerNormalization normalises means normalising over the kept
-    channels only: the stripped layer (gamma and beta sliced) computes its mean and variance
-    over the channels it still has, and :meth:`masked_call` computes the same on the full
-    tensor, with the dropped channels left out of the statistics and set to zero, which is
-    the reference a strip must equal (:func:`dsa_tf.masked_call`) and what a gated model
-    computes (:mod:`dsa_tf.allocation.masked_norm`).
+    Pruning a group that such a layer normalises means normalising over the kept channels
+    only: the stripped layer (its per-channel weights sliced) computes its statistics (mean
+    and variance; RMSNormalization: the mean square) over the channels it still has, and
+    :meth:`masked_call` computes the same on the full tensor, with the dropped channels left
+    out of the statistics and set to zero, which is the reference a strip must equal
+    (:func:`dsa_tf.masked_call`) and what a gated model computes
+    (:mod:`dsa_tf.allocation.masked_norm`).
     """
 
-    def __init__(self) -> None:
-        super().__init__(zero_preserving=False, axis_attr="axis", weights=("gamma", "beta"))
+    def __init__(self, weights: Sequence[str]) -> None:
+        super().__init__(zero_preserving=False, axis_attr="axis", weights=weights)
 
     @staticmethod
     def masked_call(op: Any, x: Any, keep: Any) -> Any:
-        """``op`` (a LayerNormalization over the last axis) on ``x``, with statistics over the
-        channels where ``keep`` (a 0/1 vector over the channels, or a tensor that broadcasts
-        to ``x``) is 1, and 0 where it is 0."""
+        """``op`` (a LayerNormalization or RMSNormalization over the last axis, or its
+        masked form) on ``x``, with statistics over the channels where ``keep`` (a 0/1 vector
+        over the channels, or a tensor that broadcasts to ``x``) is 1, and 0 where it is 0."""
         dtype = tf.float64 if x.dtype == tf.float64 else tf.float32
         x = tf.cast(x, dtype)
         keep = tf.cast(keep, dtype)
         count = tf.reduce_sum(keep * tf.ones_like(x), axis=-1, keepdims=True)
+        if getattr(type(op), "unmasked_class", type(op).__name__) == "RMSNormalization":
+            square = tf.reduce_sum(tf.square(x) * keep, axis=-1, keepdims=True) / count
+            y = x * tf.math.rsqrt(square + op.epsilon) * tf.cast(op.scale, dtype)
+            return tf.cast(y * keep, op.compute_dtype)
         mean = tf.reduce_sum(x * keep, axis=-1, keepdims=True) / count
         variance = tf.reduce_sum(tf.square(x - mean) * keep, axis=-1, keepdims=True) / count
         if getattr(op, "rms_scaling", False):  # Keras 3's (deprecated) variance scaling
@@ -309,7 +315,7 @@ class ChannelwiseConv(Depthwise):
     input channel j // (filters // groups): a DepthwiseConv with that depth multiplier, the
     kernel of shape (*kernel_size, 1, filters) sliced along its output axis. Pruning keeps
     ``groups`` equal to the kept input channels. A general grouped convolution (1 < groups <
-    input channels) mixes the channels of a group and is refused.
+    input channels) has the rule :class:`GroupedConv`.
     """
 
     def check(self, op: Any, info: CallInfo) -> None:
@@ -331,6 +337,41 @@ class ChannelwiseConv(Depthwise):
         return {**config, "filters": out_channels, "groups": out_channels // multiplier}
 
     def flops(self, op: Any, info: CallInfo, n_in: Any, n_out: Any) -> Any:
+        per_group = info.in_shapes[0][-1] // op.groups
+        return 2 * math.prod(op.kernel_size) * _spatial(info.out_shapes[0]) * per_group * n_out
+
+
+class GroupedConv(Create):
+    """Conv1D/2D/3D with 1 < ``groups`` < input channels (ResNeXt's and RegNet's grouped
+    convolutions): its input and output channels are kept whole.
+
+    Output channel j reads the input channels of group j // (filters // groups) only, so a
+    pruned grouped convolution must keep the same number of channels in every group, in both
+    its input and its output, which ties channel selection across groups; dsa_tf does not
+    model that, and keeps both sides whole (their groups are reported as not prunable, with
+    this reason), so that the layers around it still prune. Its FLOPs and params count its
+    real, grouped kernel: 2 x kernel x output positions x (input channels / groups) x filters.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("filters", (), self._grouped_flops)
+
+    def check(self, op: Any, info: CallInfo) -> None:
+        _require_channels_last(op)
+
+    def propagate(self, op: Any, info: CallInfo, ctx: Any) -> list[ChannelMap]:
+        why = (f"{op.name}: grouped convolution (groups={op.groups}); its channels are kept "
+               f"whole")
+        ctx.fix(info.in_maps[0], why)
+        created = super().propagate(op, info, ctx)
+        ctx.fix(created[0], why)
+        return created
+
+    def weight_axes(self, op: Any) -> dict[str, tuple]:
+        return {}  # never sliced: both channel sides are whole
+
+    @staticmethod
+    def _grouped_flops(op: Any, info: CallInfo, n_in: Any, n_out: Any) -> Any:
         per_group = info.in_shapes[0][-1] // op.groups
         return 2 * math.prod(op.kernel_size) * _spatial(info.out_shapes[0]) * per_group * n_out
 
@@ -445,7 +486,10 @@ RULES: dict[str, Rule] = {
     **{name: Separable() for name in ("SeparableConv1D", "SeparableConv2D")},
     **{name: Depthwise() for name in ("DepthwiseConv1D", "DepthwiseConv2D")},
     "BatchNormalization": NORM,
-    "LayerNormalization": ChannelNorm(),
+    "LayerNormalization": ChannelNorm(weights=("gamma", "beta")),
+    "RMSNormalization": ChannelNorm(weights=("scale",)),
+    # x / ||x|| over the channels: dropped channels are zero and add nothing to the norm
+    "UnitNormalization": Through(axis_attr="axis"),
     "Softmax": MixesChannels("softmax over the channels"),
     "Normalization": Fixed(),
     "Rescaling": Rescaling(),
@@ -474,9 +518,10 @@ RULES: dict[str, Rule] = {
     "Permute": Reshape(),
 }
 
-# Convolutions with groups > 1, by class name (see ChannelwiseConv).
-GROUPED_RULES: dict[str, Rule] = {name: ChannelwiseConv() for name in ("Conv1D", "Conv2D",
-                                                                        "Conv3D")}
+# Convolutions with groups > 1, by class name: one input channel per group (ChannelwiseConv)
+# or several (GroupedConv).
+GROUPED_RULES: dict[str, tuple[Rule, Rule]] = {
+    name: (ChannelwiseConv(), GroupedConv()) for name in ("Conv1D", "Conv2D", "Conv3D")}
 
 # Keras 3 bare operations (``x + y``, ``keras.ops.relu(x)``...), by class name.
 KERAS3_OPS: dict[str, Rule] = {
@@ -547,5 +592,7 @@ def rule_for(op: Any) -> Rule | None:
     if cls.__module__.startswith("keras.src.ops."):
         return KERAS3_OPS.get(cls.__name__)
     if getattr(op, "groups", 1) != 1 and cls.__name__ in GROUPED_RULES:
-        return GROUPED_RULES[cls.__name__]
+        channelwise, grouped = GROUPED_RULES[cls.__name__]
+        kernel = getattr(op, "kernel", None)  # (*kernel_size, input channels / groups, filters)
+        return channelwise if kernel is None or int(kernel.shape[-2]) == 1 else grouped
     return RULES.get(cls.__name__)
