@@ -19,8 +19,10 @@ script:
    find the FLOPs a FLOPs budget has to give up to be as fast as the latency arm;
 4. exports every variant and the unpruned model to float32 ``.tflite`` (verified) and times
    them side by side in one ``dsa_tf.compare_tflite_latency`` run (interleaved rounds, each
-   the minimum of ``--invokes`` invokes, median over ``--rounds`` rounds), beside the latency
-   the table predicts for each.
+   the minimum of ``--invokes`` invokes; a model's latency is its fastest of ``--rounds``
+   rounds, which repeats within about 1.5% here where the median of the rounds varies by up
+   to 15%: :mod:`dsa_tf.deploy.timing`; ratios of the medians are printed beside), with
+   the latency the table predicts for each.
 
 Acceptance, printed as PASS/FAIL: the latency arm's measured latency is at most 0.52x the
 unpruned model's, its prediction (and the unpruned model's) is within 10% of the measurement,
@@ -125,26 +127,26 @@ def main() -> int:
                     small, os.path.join(directory, f"{name}_{i}.tflite")).path)
             reports = dsa_tf.compare_tflite_latency(paths, threads=args.threads,
                                                     rounds=args.rounds, invokes=args.invokes)
-            base = reports[0].median_ms
+            base, base_median = reports[0].min_ms, reports[0].median_ms  # see the docstring
             measured: dict[str, tuple[int, float, float]] = {}
             for (label, round_to, keep), report in zip(entries, reports):
                 ratios = plan.keep_ratios(keep) if keep else np.ones(len(plan.prunable))
                 predicted = latency.predict(ratios)
                 flops = flops_ratio(model, keep) if keep else 1.0
-                error = predicted / report.median_ms - 1
-                rows.append((name, label, flops, report.median_ms, report.median_ms / base,
-                             report.p10_ms / base, report.p90_ms / base, predicted, error))
-                measured[label] = (round_to, flops, report.median_ms)
-                print(f"  {label}: FLOPs {flops:.3f}, measured {report.median_ms:.3f} ms "
-                      f"({report.median_ms / base:.3f}x), predicted {predicted:.3f} ms "
+                error = predicted / report.min_ms - 1
+                rows.append((name, label, flops, report.min_ms, report.min_ms / base,
+                             report.median_ms / base_median, predicted, error))
+                measured[label] = (round_to, flops, report.min_ms)
+                print(f"  {label}: FLOPs {flops:.3f}, measured {report.min_ms:.3f} ms "
+                      f"({report.min_ms / base:.3f}x), predicted {predicted:.3f} ms "
                       f"({error:+.1%})", flush=True)
                 if label == "unpruned" or label.startswith("latency"):
                     verdicts.append((f"{name} {label}: prediction error {error:+.1%}",
                                      abs(error) <= MAX_ERROR))
                 if label.startswith("latency"):
                     verdicts.append((f"{name} {label}: measured latency ratio "
-                                     f"{report.median_ms / base:.3f} (<= {MAX_RATIO})",
-                                     report.median_ms / base <= MAX_RATIO))
+                                     f"{report.min_ms / base:.3f} (<= {MAX_RATIO})",
+                                     report.min_ms / base <= MAX_RATIO))
             if name in MAX_TABLE_SECONDS:
                 verdicts.append((f"{name} table: {table_seconds:.0f} s "
                                  f"(< {MAX_TABLE_SECONDS[name]} s)",
@@ -158,12 +160,12 @@ def main() -> int:
                       f"FLOPs budgets x{round_to} keep "
                       + (f"FLOPs {best[0]:.3f} at most ({best[1]})" if best
                          else "none of the sweep"), flush=True)
-    print("\n| model | variant | FLOPs ratio | measured ms | latency ratio (p10-p90) | "
+    print("\n| model | variant | FLOPs ratio | measured ms | latency ratio (of medians) | "
           "predicted ms | prediction error |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    for name, label, flops, median, ratio, p10, p90, predicted, error in rows:
-        print(f"| {name} | {label} | {flops:.3f} | {median:.3f} | {ratio:.3f} "
-              f"({p10:.3f}-{p90:.3f}) | {predicted:.3f} | {error:+.1%} |")
+    for name, label, flops, fastest, ratio, median_ratio, predicted, error in rows:
+        print(f"| {name} | {label} | {flops:.3f} | {fastest:.3f} | {ratio:.3f} "
+              f"({median_ratio:.3f}) | {predicted:.3f} | {error:+.1%} |")
     print()
     for text, passed in verdicts:
         print(f"{'PASS' if passed else 'FAIL'} {text}")

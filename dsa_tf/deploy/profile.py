@@ -4,7 +4,8 @@ The table (:mod:`dsa_tf.deploy.latency_table`) times every costed operator signa
 model on a grid of channel counts; the calibration then times the whole model stripped to a
 few uniform widths (from all to a quarter of every prunable group's channels, in multiples of
 the grid step), timed side by side (:func:`dsa_tf.compare_tflite_latency`: interleaved rounds,
-so that the machine's slow and fast phases hit every width alike), and fits
+so that the machine's slow and fast phases hit every width alike; each width's fastest
+round counts), and fits
 ``measured = fixed_ms + scale x operators' sum`` to them (least squares), so that the
 prediction of :class:`dsa_tf.deploy.latency_model.LatencyModel` covers what single operators
 do not. :func:`cached_table` keeps one table per model, device and setting in a cache
@@ -65,9 +66,9 @@ def profile_latency(model: Any, table: LatencyTable | None = None, *,
         threads: LiteRT interpreter threads.
         step: output channel grid step (see :func:`dsa_tf.deploy.latency_table.channel_grid`);
             latency-budgeted groups keep multiples of it.
-        rounds, invokes: each time is the median over ``rounds`` of the minimum of
-            ``invokes`` invokes (whole models, few and what the calibration rests on: over
-            three times ``rounds``).
+        rounds, invokes: each time is the fastest of ``rounds`` rounds of ``invokes``
+            invokes (whole models, few and what the calibration rests on: of three times
+            ``rounds``); see :func:`dsa_tf.deploy.latency_table.time_tflite`.
         exclude: layer names whose channels stay whole (see :func:`dsa_tf.analyze`).
         progress: called with a line per measured signature and calibration (None: quiet).
 
@@ -104,7 +105,7 @@ def profile_latency(model: Any, table: LatencyTable | None = None, *,
                          f"({time.perf_counter() - started:.0f} s)")
         reports = compare_tflite_latency(paths, threads=threads, rounds=3 * rounds,
                                          invokes=invokes)
-    points = [[total, report.median_ms] for total, report in zip(sums, reports)]
+    points = [[total, report.min_ms] for total, report in zip(sums, reports)]
     if progress:
         progress("latency calibration: measured " + ", ".join(
             f"{measured:.3f} ms at {width:.0%}" for width, (_, measured) in
