@@ -15,3 +15,15 @@ def keras():
     module = _keras.default_keras()
     module.backend.clear_session()
     return module
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``keras3_only`` exercise code that does not depend on the Keras flavour
+    beyond what the other tests cover in both; they are skipped under tf_keras, to keep
+    ``make test`` within its time budget."""
+    if not _keras.default_keras().__name__.startswith("tf_keras"):
+        return
+    skip = pytest.mark.skip(reason="flavour-independent; runs under Keras 3")
+    for item in items:
+        if "keras3_only" in item.keywords:
+            item.add_marker(skip)

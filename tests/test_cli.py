@@ -44,7 +44,9 @@ def kill_during_allocation(command: list[str], timeout: float = 300) -> str:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A run killed during the allocation and resumed to the end; the outputs of both."""
+    """A run killed during the allocation and resumed to the end; the outputs of both.
+    (Its tests are keras3_only: resuming is tested in both flavours in test_resume.py, and
+    the pipeline under tf_keras by test_a_baseline_allocation_runs_on_dsa_schedule.)"""
     data_dir = tagged_images.prepare(str(tmp_path_factory.mktemp("tfds")))
     out = str(tmp_path_factory.mktemp("run"))
     command = dsa_tf_command("prune", *ARGS, f"--data_dir={data_dir}", f"--out={out}")
@@ -57,6 +59,7 @@ def run_dir(tmp_path_factory):
     return out, data_dir, first, second.stdout
 
 
+@pytest.mark.keras3_only
 def test_resumed_run_continues_where_it_was_killed(run_dir):
     out, _, first, second = run_dir
     training = second.split("[dsa-tf] reference ...")[0]  # the DSA fit, before the reference
@@ -68,6 +71,7 @@ def test_resumed_run_continues_where_it_was_killed(run_dir):
     assert phases == sorted(phases) and phases[0] == 0 and phases[-1] == 2, phases
 
 
+@pytest.mark.keras3_only
 def test_run_directory_holds_a_consistent_report(run_dir, keras):
     out = run_dir[0]
     report = load_report(out)
@@ -109,6 +113,7 @@ def test_run_directory_holds_a_consistent_report(run_dir, keras):
         assert json.load(file)["budget"] == BUDGET
 
 
+@pytest.mark.keras3_only
 def test_report_command_and_a_changed_setting(run_dir):
     out, data_dir = run_dir[:2]
     shown = subprocess.run(dsa_tf_command("report", out), capture_output=True, text=True,

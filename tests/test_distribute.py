@@ -49,6 +49,7 @@ def _check_run(run, replicas, local_replicas):
     assert all(all(m == masks[0] for m in masks) for masks in steps)
 
 
+@pytest.mark.keras3_only  # under tf_keras, the multi-worker test below distributes the fit
 def test_mirrored_strategy_matches_a_single_device():
     report = _report(_start("mirrored"))
     single, mirrored = report["single"], report["mirrored"]

@@ -8,17 +8,16 @@ import pytest
 import tensorflow as tf
 
 import dsa_tf
-from dsa_tf import _keras
 from dsa_tf.allocation.budget import usage
 from dsa_tf.allocation.gated_model import gates_of
 from dsa_tf.allocation.report import predicted_latency
 from dsa_tf.allocation.resources import ResourceModel
 from dsa_tf.deploy import profile as profile_module
 from dsa_tf.deploy.latency_model import LatencyModel, fingerprint
-from dsa_tf.deploy.latency_table import LatencyTable, signature_key, time_tflite
+from dsa_tf.deploy.latency_table import LatencyTable, signature_key
 from dsa_tf.deploy.profile import _tflite
 from dsa_tf.run.config import preset
-from dsa_tf.run.pipeline import run_pruning
+from dsa_tf.run.pipeline import build_model, run_pruning
 from dsa_tf.run.report import load_report, summary_table
 from dsa_tf.structure.operators import operators
 
@@ -26,10 +25,8 @@ import tagged_images
 from masking import fit_with_dsa
 
 # The latency code (tables, profiling, the resource model) does not touch Keras beyond what
-# the other tests cover in both flavours; its slow end-to-end tests run under Keras 3 only,
-# to keep `make test` within its time budget.
-KERAS3_ONLY = pytest.mark.skipif(_keras.default_keras().__name__.startswith("tf_keras"),
-                                 reason="flavour-independent; run under Keras 3")
+# the other tests cover in both flavours: its slow end-to-end tests are keras3_only.
+KERAS3_ONLY = pytest.mark.keras3_only
 
 
 def made_up_table(plan, calibrate=True, tile=1):
@@ -181,9 +178,12 @@ def test_dsa_meets_a_latency_budget_and_strip_predicts_what_the_table_says(tmp_p
 def test_without_a_table_one_is_measured_once_and_predicts_within_a_third(tmp_path,
                                                                          monkeypatch):
     """A latency budget without a table measures one on this machine, once (cached), and
-    its prediction for a pruned configuration it was not calibrated on is within a third of
-    that stripped model's measured latency. (A model of about a millisecond, timed while the
-    other test suite runs beside this one: the tolerance covers the noise;
+    its prediction for a pruned configuration it was not calibrated on, as a share of the
+    unpruned model's (what a budget constrains), is within a third of the share measured
+    with the two models timed side by side; the predicted milliseconds are within a factor
+    of two of the measured ones. (A model of about a millisecond, measured while the other
+    test suite runs beside this one: the load changes between the table's measurement and
+    this check, by 1.5x in one run, hence a share and wide tolerances;
     benchmarks/latency_budget.py checks 10% on ResNet-56 and MobileNetV2 on a quiet
     machine.)"""
     monkeypatch.setenv("DSA_TF_CACHE", str(tmp_path))
@@ -208,9 +208,14 @@ def test_without_a_table_one_is_measured_once_and_predicts_within_a_third(tmp_pa
     assert resources.latency.calibrated
     rng = np.random.default_rng(1)  # multiples of the step, as latency budgets keep
     keep = {g.name: range(8 * int(rng.integers(1, g.channels // 8))) for g in plan.prunable}
-    content = _tflite(dsa_tf.strip(model, keep), "float32")
-    time = min(time_tflite(content, rounds=5, invokes=20) for _ in range(3))
-    assert resources.latency.predict(plan.keep_ratios(keep)) == pytest.approx(time, rel=1 / 3)
+    paths = [tmp_path / "unpruned.tflite", tmp_path / "stripped.tflite"]
+    for path, small in zip(paths, (model, dsa_tf.strip(model, keep))):
+        path.write_bytes(_tflite(small, "float32"))
+    full, pruned = (report.min_ms for report in dsa_tf.compare_tflite_latency(
+        paths, rounds=9, invokes=20))
+    predicted = resources.latency.predict(plan.keep_ratios(keep))
+    assert predicted / resources.full("latency") == pytest.approx(pruned / full, rel=1 / 3)
+    assert pruned / 2 <= predicted <= 2 * pruned
 
 
 def test_an_uncalibrated_table_warns(tmp_path):
@@ -224,16 +229,17 @@ def test_an_uncalibrated_table_warns(tmp_path):
 
 
 @KERAS3_ONLY
-def test_dsa_tf_prune_with_a_latency_budget_reports_predicted_and_measured(tmp_path,
-                                                                          monkeypatch):
-    """The default user path: --resource=latency without a table measures one here, and the
-    run's table shows the predicted latency beside the measured one."""
-    monkeypatch.setenv("DSA_TF_CACHE", str(tmp_path / "cache"))
+def test_dsa_tf_prune_with_a_latency_budget_reports_predicted_and_measured(tmp_path):
+    """dsa-tf prune --resource=latency --latency_table=...: the run meets the budget as the
+    table predicts it, and its table shows the predicted latency beside the measured one.
+    (Without a table, prune_to_budget measures one: the test above.)"""
     data_dir = tagged_images.prepare(str(tmp_path / "tfds"))
     config = preset("quick", model="resnet8", dataset="tagged_images", budget=0.6,
                     resource="latency", allocation="uniform", batch_size=16, epochs=2,
                     train_examples=0, int8=False, latency_runs=3, data_dir=data_dir,
-                    out=str(tmp_path / "run"))
+                    out=str(tmp_path / "run"), latency_table=str(tmp_path / "table.json"))
+    model = build_model(config, (8, 8, 1), 3, tf.keras)  # what the run builds
+    made_up_table(dsa_tf.analyze(model)).save(config.latency_table)
     report = run_pruning(config, verbose=0)
     latency = [report[side]["tflite"]["float32"]["latency"] for side in ("unpruned", "stripped")]
     assert latency[1]["predicted_ms"] <= 0.6 * latency[0]["predicted_ms"] + 1e-9

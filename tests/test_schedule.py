@@ -70,6 +70,7 @@ def test_defaults_reach_the_budget_in_fits_of_any_length(keras, epochs, budget):
     assert ratio <= budget
 
 
+@pytest.mark.keras3_only  # tf_keras' distributed fits: test_distribute's multi-worker test
 def test_defaults_reach_the_budget_on_two_replicas():
     """The 3-epoch fit at budget 0.3 under MirroredStrategy over two logical CPUs
     (tests/distributed_fit.py)."""
