@@ -24,5 +24,6 @@ setup(
         "matplotlib>=3.7",
     ],
     entry_points={"console_scripts": ["dsa-tf=dsa_tf.run.cli:run"]},
-    extras_require={"dev": ["pytest>=8", "ruff>=0.6"]},
+    # keras-hub: its image backbones are tested (tests/test_keras_hub.py), not used at runtime
+    extras_require={"dev": ["pytest>=8", "ruff>=0.6", "keras-hub>=0.32"]},
 )

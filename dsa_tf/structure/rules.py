@@ -224,6 +224,21 @@ class Activation(Through):
         return self._name(op) in self.ZERO_AT_ZERO
 
 
+class SpatialPad(Through):
+    """Keras 3's ``keras.ops.pad`` over the spatial axes (keras-hub's ResNetV2 stem): the
+    channels pass through. Padding the channel axis would add channels, and is refused. Not
+    treated as zero-preserving (its constant is a call argument): the gated model masks its
+    output."""
+
+    def __init__(self) -> None:
+        super().__init__(zero_preserving=False)
+
+    def check(self, op: Any, info: CallInfo) -> None:
+        widths = [tuple(int(v) for v in pair) for pair in op.pad_width]
+        if len(widths) != len(info.in_shapes[0]) or widths[-1] != (0, 0):
+            raise Unsupported(f"pad_width={widths} pads the channel axis")
+
+
 class Rescaling(Through):
     """Rescaling by scalars; a per-channel scale keeps its channels whole."""
 
@@ -531,6 +546,7 @@ KERAS3_OPS: dict[str, Rule] = {
     "Divide": Merge(scaling=True, divides=True),
     "Concatenate": Concat(),
     "Cast": PASS,
+    "Pad": SpatialPad(),
     **{name: Activation(fixed_name=act) for name, act in {
         "Relu": "relu", "Relu6": "relu6", "Silu": "silu", "Swish": "swish", "Gelu": "gelu",
         "Tanh": "tanh", "Elu": "elu", "Selu": "selu", "LeakyRelu": "leaky_relu",
