@@ -72,7 +72,7 @@ class LatencyModel:
         self.fixed_ms = float(calibration["fixed_ms"]) if calibration else 0.0
         self.scale = float(calibration["scale"]) if calibration else 1.0
         self.operators = operators(plan)
-        self._plan_groups = plan.prunable
+        self._channels = np.array([g.channels for g in plan.prunable])
         self._groups = len(plan.prunable)
         entries, missing = [], []
         for op in self.operators:
@@ -137,22 +137,16 @@ class LatencyModel:
         """
         step = self.table.step
         result = np.full(self._groups, step, dtype=np.int64)
-        channels = np.array([g.channels for g in self._plan_groups])
-        for g in range(self._groups):
-            odd = range(step, channels[g] - step + 1, 2 * step)
-            if not odd:
-                continue
-
-            def time(count: int, g: int = g) -> float:
+        for g, channels in enumerate(self._channels):
+            times = []  # at 1 channel, then at every multiple of the step within the group
+            for count in range(0, channels + 1, step):
                 ratios = np.ones(self._groups)
-                ratios[g] = max(count, 1) / channels[g]
-                return float(self.operator_times(ratios, measured=True).sum())
-
-            shares = []
-            for k in odd:
-                low, mid, high = time(k - step), time(k), time(k + step)
-                shares.append((high - mid) / (high - low) if high > low else 0.0)
-            if np.median(shares) < 0.25:
+                ratios[g] = max(count, 1) / channels
+                times.append(float(self.operator_times(ratios, measured=True).sum()))
+            shares = [(times[k + 1] - times[k]) / (times[k + 1] - times[k - 1])
+                      if times[k + 1] > times[k - 1] else 0.0
+                      for k in range(1, len(times) - 1, 2)]  # k: the odd multiples
+            if shares and np.median(shares) < 0.25:
                 result[g] = 2 * step
         return result
 
