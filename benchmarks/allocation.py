@@ -40,6 +40,11 @@ cores), CIFAR augmentation (pad-crop, flip), the full 10,000-image test split. S
 0.9, batch 128, lr ``--lr`` with cosine decay to 0 over the fit, weight decay 5e-4. Accuracy
 is the stripped model's top-1 on the test split.
 
+``--dsa_options name=value ...`` passes DSACallback arguments to the DSA arm (values read as
+JSON, e.g. ``theta_batch_statistics=false``); such an arm is reported as
+``dsa(name=value,...)`` beside the default ``dsa``, with its own scratch widths for the
+``architecture`` flow, so a change to DSA is measured against the same baselines.
+
 Each run's result is appended to ``--results`` (JSON lines) as soon as it finishes, and runs
 already there (same settings) are skipped: an interrupted benchmark resumes, and a cell is
 rerun by deleting its lines. ``--report`` prints the tables from the results file only.
@@ -156,8 +161,9 @@ def run_one(arch: str, budget: float, flow: str, method: str, seed: int, splits:
     else:
         gated = dsa_tf.prune_to_budget(model, budget, resource=resource, seed=seed)
         warmup = 0 if flow == "pretrained" else None
-        if method == "dsa":
-            callback = dsa_tf.DSACallback(splits.alpha, warmup_epochs=warmup, verbose=0)
+        if is_dsa(method):
+            callback = dsa_tf.DSACallback(splits.alpha, warmup_epochs=warmup, verbose=0,
+                                          **args.dsa_options)
         else:
             taylor = {"data": splits.train, "batches": TAYLOR_BATCHES,
                       "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True)}
@@ -178,6 +184,32 @@ def run_one(arch: str, budget: float, flow: str, method: str, seed: int, splits:
         params_ratio=dsa_tf.count_params(final) / dsa_tf.count_params(reference),
         seconds=time.perf_counter() - start, settings=settings(args))
     return row
+
+
+def dsa_label(options: dict) -> str:
+    """The name of a DSA arm: ``dsa`` with the defaults, ``dsa(key=value,...)`` otherwise."""
+    if not options:
+        return "dsa"
+    return "dsa(" + ",".join(f"{k}={json.dumps(v)}" for k, v in sorted(options.items())) + ")"
+
+
+def is_dsa(method: str) -> bool:
+    return method == "dsa" or method.startswith("dsa(")
+
+
+def methods_of(rows: list[dict]) -> list[str]:
+    """unpruned, DSA with the defaults, the DSA variants (as first run), then the baselines."""
+    variants = list(dict.fromkeys(r["method"] for r in rows if r["method"].startswith("dsa(")))
+    return ["unpruned", "dsa", *variants, *METHODS[1:]]
+
+
+def keyword(text: str) -> tuple[str, Any]:
+    """``name=value`` of ``--dsa_options``; the value is read as JSON, else kept as text."""
+    name, _, value = text.partition("=")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
 
 
 def settings(args: argparse.Namespace) -> dict:
@@ -209,7 +241,8 @@ def run(args: argparse.Namespace) -> None:
                                       train_examples=args.train_examples or None, seed=seed,
                                       image_size=args.image_size)
             for flow in args.flows:
-                for method in ("unpruned", *args.methods):
+                for method in ("unpruned", *[dsa_label(args.dsa_options) if m == "dsa" else m
+                                              for m in args.methods]):
                     if flow != "pretrained" and method == "unpruned":
                         continue  # the pre-trained network is the unpruned reference
                     wanted = (arch, budget, flow, method, seed, json.dumps(mine, sort_keys=True))
@@ -247,8 +280,8 @@ def report(args: argparse.Namespace) -> None:
         for flow in FLOWS:
             by_method = {m: sorted((r for r in rows if (r["arch"], r["budget"], r["flow"],
                                                         r["method"]) == (arch, budget, flow, m)),
-                                   key=lambda r: r["seed"]) for m in ("unpruned", *METHODS)}
-            dsa = {r["seed"]: r["accuracy"] for r in by_method["dsa"]}
+                                   key=lambda r: r["seed"]) for m in methods_of(rows)}
+            dsa = {r["seed"]: r["accuracy"] for r in by_method.get("dsa", [])}
             for method, runs in by_method.items():
                 if not runs:
                     continue
@@ -262,24 +295,28 @@ def report(args: argparse.Namespace) -> None:
                       f"{values.mean():.4f} | {spread:.4f} | "
                       f"{', '.join(f'{v:.4f}' for v in values)} | {difference} | "
                       f"{ratio:.3f} | {np.mean([r['seconds'] for r in runs]):.0f} |")
-    print("\nMean of the per-seed differences to DSA in points (standard error over the seeds):"
-          "\n\n| cell | flow | uniform | magnitude | taylor |\n|---|---|---:|---:|---:|")
+    print("\nMean of the per-seed differences to each DSA arm in points, baseline minus DSA "
+          "(standard error over the seeds):\n\n| cell | flow | DSA arm | uniform | magnitude "
+          "| taylor |\n|---|---|---|---:|---:|---:|")
     for arch, budget in cells:
         for flow in FLOWS:
             cell = [r for r in rows if (r["arch"], r["budget"], r["flow"]) == (arch, budget, flow)]
-            dsa = {r["seed"]: r["accuracy"] for r in cell if r["method"] == "dsa"}
-            means = []
-            for method in METHODS[1:]:
-                diffs = np.array([100 * (r["accuracy"] - dsa[r["seed"]]) for r in cell
-                                  if r["method"] == method and r["seed"] in dsa])
-                error = diffs.std(ddof=1) / np.sqrt(len(diffs)) if len(diffs) > 1 else np.nan
-                means.append(f"{diffs.mean():+.2f} ({error:.2f})" if len(diffs) else "")
-            print(f"| {arch} {RESOURCES[arch]} {budget} | {flow} | {' | '.join(means)} |")
+            for arm in [m for m in methods_of(cell) if is_dsa(m)]:
+                dsa = {r["seed"]: r["accuracy"] for r in cell if r["method"] == arm}
+                means = []
+                for method in METHODS[1:]:
+                    diffs = np.array([100 * (r["accuracy"] - dsa[r["seed"]]) for r in cell
+                                      if r["method"] == method and r["seed"] in dsa])
+                    error = (diffs.std(ddof=1) / np.sqrt(len(diffs)) if len(diffs) > 1
+                             else np.nan)
+                    means.append(f"{diffs.mean():+.2f} ({error:.2f})" if len(diffs) else "")
+                print(f"| {arch} {RESOURCES[arch]} {budget} | {flow} | {arm} | "
+                      f"{' | '.join(means)} |")
     print("\nwidths per group (scratch flow, kept channels per seed):")
     for arch, budget in cells:
         for r in sorted((r for r in rows if (r["arch"], r["budget"], r["flow"]) ==
                          (arch, budget, "scratch") and "widths" in r),
-                        key=lambda r: (METHODS.index(r["method"]), r["seed"])):
+                        key=lambda r: (methods_of(rows).index(r["method"]), r["seed"])):
             print(f"  {arch} {budget} {r['method']:9} seed {r['seed']}: "
                   f"{list(r['widths'].values())}")
 
@@ -305,8 +342,12 @@ def main() -> None:
         "~/.cache/dsa_tf/benchmarks"), help="Where the pre-trained networks are kept.")
     parser.add_argument("--results", default="runs/allocation.jsonl",
                         help="Results file (JSON lines), appended to and resumed from.")
+    parser.add_argument("--dsa_options", nargs="*", default=[], type=keyword,
+                        help="DSACallback arguments of the DSA arm, name=value (JSON values); "
+                             "the arm is then reported as dsa(name=value,...).")
     parser.add_argument("--report", action="store_true", help="Only print the tables.")
     args = parser.parse_args()
+    args.dsa_options = dict(args.dsa_options)
     if not args.report:
         run(args)
     report(args)

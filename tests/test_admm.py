@@ -399,6 +399,24 @@ def test_admm_iteration_order_and_tf_function():
     )
 
 
+def test_floor_bounds_theta_and_z_and_the_budget_is_still_reached():
+    a, b, c = stack([RESNET20_FLOPS])
+    resource = admm.quadratic_resource(a, b, c)
+    budgets, floor = tf.constant([0.3]), tf.constant(-0.5)  # keep ratios >= 0.378
+    state, step = admm.init_state(12, 1), tf.function(admm.admm_iteration)
+    rng = np.random.default_rng(0)
+    free = state
+    for _ in range(300):
+        grad = tf.constant(rng.normal(0, 1e-4, 12), tf.float32)
+        state = step(state, grad, resource, budgets, floor=floor)
+        free = step(free, grad, resource, budgets)
+        assert float(tf.reduce_min(state.theta)) >= -0.5 and float(tf.reduce_min(state.z)) >= -0.5
+        if admm.budget_met(tf.sigmoid(state.theta), resource, budgets):
+            break
+    assert admm.budget_met(tf.sigmoid(state.theta), resource, budgets)
+    assert float(tf.reduce_min(free.theta)) < -0.5  # without the floor some group goes lower
+
+
 # ----------------------------------------------------------------------------- behaviour
 
 

@@ -46,11 +46,12 @@ def _fit(keras, budget, epochs, callbacks=(), gated=None, round_to=1, **callback
 EPOCHS = 20
 
 
-@pytest.mark.parametrize("budget", [{"flops": 0.5}, {"params": 0.5},
-                                    {"flops": 0.6, "params": 0.4}])
-def test_budget_is_reached_and_strip_meets_it(keras, budget):
+@pytest.mark.parametrize("budget, batch_statistics", [
+    ({"flops": 0.5}, True), ({"params": 0.5}, True), ({"flops": 0.6, "params": 0.4}, True),
+    ({"flops": 0.5}, False)])
+def test_budget_is_reached_and_strip_meets_it(keras, budget, batch_statistics):
     model = _small_net(keras)
-    gated, history = _fit(keras, budget, EPOCHS)
+    gated, history = _fit(keras, budget, EPOCHS, theta_batch_statistics=batch_statistics)
     assert history["dsa_phase"][0] == 0 and history["dsa_phase"][-1] == 2
     assert history["dsa_completed"][-1] == 0  # the allocation itself met the budget
     assert all(int(g.mode.numpy()) == FROZEN for g in gates_of(gated))
@@ -138,6 +139,21 @@ def test_callback_refuses_a_model_without_gates_and_empty_alpha_data(keras):
     gated.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     with pytest.raises(ValueError, match="no batch"):
         gated.fit(_data(), epochs=1, verbose=0, callbacks=[dsa_tf.DSACallback(_data().take(0))])
+
+
+def test_keep_floor_bounds_every_keep_ratio(keras):
+    gated, history = _fit(keras, 0.3, EPOCHS, keep_floor=0.5)
+    assert history["dsa_completed"][-1] == 0 and history["dsa_phase"][-1] == 2
+    # the uniform ratio r of the small net at 30% of its FLOPs, by bisection on the counts
+    model, low, high = _small_net(keras), 0.0, 1.0
+    for _ in range(40):
+        mid = (low + high) / 2
+        ratios = np.full(len(gates_of(gated)), mid)
+        if dsa_tf.analyze(model).flops(ratios) <= 0.3 * dsa_tf.count_flops(model):
+            low = mid
+        else:
+            high = mid
+    assert min(dsa_tf.keep_ratios(gated).values()) >= 0.5 * low - 1e-6
 
 
 def test_paper_hyperparameters_can_be_chosen(keras):

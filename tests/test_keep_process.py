@@ -291,3 +291,19 @@ def test_functions_trace_once_inside_tf_function(rng):
 
     for function in (probabilities_and_gradient, solve, sample, inference_mask):
         assert function.experimental_get_tracing_count() == 1
+
+
+def test_relative_steepness_does_not_depend_on_the_spread_of_the_importances():
+    """BatchNorm |gamma| spread by 3%: the paper's absolute beta2 = 0.05 leaves every keep
+    probability at the keep ratio; a relative beta2 gives the same masks at any spread."""
+    z = np.random.default_rng(0).normal(size=32)
+    narrow, wide = np.exp(0.03 * z), np.exp(0.3 * z)
+    absolute = keep_probabilities(tf.constant(narrow), 0.4, 0.05).numpy()
+    assert np.abs(absolute - 0.4).max() < 1e-3
+    relative = keep_probabilities(tf.constant(narrow), 0.4, 3.0, relative=True).numpy()
+    np.testing.assert_allclose(
+        relative, keep_probabilities(tf.constant(wide), 0.4, 3.0, relative=True).numpy(),
+        atol=0.02)
+    assert relative.mean() == pytest.approx(0.4, abs=1e-6)
+    top = np.argsort(z)[-8:]
+    assert relative[top].mean() > 0.85 and relative[np.argsort(z)[:8]].mean() < 0.05

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import dsa_tf
 from dsa_tf import _keras
-from dsa_tf.allocation.gated_model import gates_of, resample_masks
+from dsa_tf.allocation.gated_model import gates_of, resample_masks, sampled_masks
 from dsa_tf.allocation.gates import STOCHASTIC, is_gate
 from dsa_tf.allocation.keep_gradients import keep_ratio_gradients
 
@@ -129,6 +129,39 @@ def test_keep_ratio_gets_a_straight_through_gradient(keras):
     # The sum of signed terms cancels; float32 noise is relative to the terms' magnitudes.
     tolerance = 1e-3 * float(np.abs(terms).sum())
     assert float(grads[3]) == pytest.approx(float(terms.sum()), abs=tolerance)
+
+
+def test_moving_statistics_give_every_group_a_keep_ratio_gradient(keras):
+    """With batch statistics the groups behind ReLU -> conv -> BatchNorm get no gradient at
+    soft masks; with moving statistics every group does, and it is the straight-through
+    estimate of the inference-mode loss under the sampled masks."""
+    model = dsa_tf.models.cifar_resnet(8, input_shape=(8, 8, 3), keras=keras)
+    gated = dsa_tf.prune_to_budget(model, 0.5)
+    gates = gates_of(gated)
+    for g in gates:
+        g.mode.assign(STOCHASTIC)
+    dsa_tf.set_keep_ratios(gated, {g.group: 0.5 for g in gates})
+    resample_masks(gated)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 8, 8, 3)).astype("float32"), np.arange(16) % 10
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    batch = np.abs([float(g) for g in keep_ratio_gradients(gated, loss, x, y)])
+    moving = np.abs([float(g) for g in keep_ratio_gradients(gated, loss, x, y,
+                                                            batch_statistics=False)])
+    assert not any(g.sampled_in_inference for g in gates)  # restored after the pass
+    last = [g.group for g in gates].index("stage3_block1_2_conv")  # feeds the pooled logits
+    others = np.delete(np.arange(len(gates)), last)
+    assert batch[others].max() < 1e-3 * batch[last]
+    assert moving[others].min() > 1e-2 * moving.max()
+    gate = gates[0]
+    mask = _keras.tf_variable(gate.mask)
+    with tf.GradientTape() as tape:
+        tape.watch(mask)
+        with sampled_masks(gated):
+            value = loss(y, gated(x, training=False))
+    a, p = float(gate.keep_ratio()), gate.probabilities().numpy()
+    terms = tape.gradient(value, mask).numpy() * len(p) * p * (1 - p) / np.sum(p * (1 - p))
+    assert moving[0] == pytest.approx(abs(terms.sum() * a * (1 - a)), rel=1e-3)
 
 
 @pytest.mark.parametrize("budget, resource, message", [

@@ -76,6 +76,11 @@ simulation in ``tests/test_admm.py`` (synthetic loss gradients, see the table fu
   steering test at B = 0.25 the favoured groups' mean keep-ratio lead was +0.24 at weight 1,
   +0.06 at 0.7 and -0.10 (reversed) at 0.5. Pass ``loss_scale=1e5`` for the paper's scale.
 
+Optional box constraint (``floor`` of :func:`admm_iteration`, ``DSACallback(keep_floor=...)``):
+theta and z are projected onto ``theta >= floor`` after their steps, so no keep ratio goes
+below ``sigmoid(floor)``; the paper has none. Measured on the allocation benchmark in
+BENCHMARKS.md ("Why DSA's widths follow noise").
+
 Kept from the paper: rho2 = 0.01, 50 z steps at learning rate 1e-3, Theta init 5, the
 non-negative projection, the order of the three updates and the u1/u2 dual formulas.
 
@@ -566,6 +571,7 @@ def admm_iteration(
     z_learning_rate: float = Z_LEARNING_RATE,
     rho1: float = RHO1,
     rho2: float = RHO2,
+    floor: float | tf.Tensor | None = None,
 ) -> ADMMState:
     """One outer iteration: theta step, inner z steps, then the u2 dual update.
 
@@ -581,6 +587,8 @@ def admm_iteration(
         z_learning_rate: z step per coordinate (paper: 1e-3).
         rho1: budget penalty.
         rho2: penalty of ``theta == z``.
+        floor: a lower bound on theta and z (a logit, scalar or [K]): both are projected
+            onto it after their steps (a box constraint on the keep ratios), or None.
 
     Returns:
         The new state.
@@ -601,6 +609,8 @@ def admm_iteration(
         loss_scale=loss_scale,
         loss_weight=loss_weight,
     )
+    if floor is not None:
+        state = state._replace(theta=tf.maximum(state.theta, floor))
     z, u1 = z_steps(
         state.theta,
         state.z,
@@ -613,5 +623,7 @@ def admm_iteration(
         rho1=rho1,
         rho2=rho2,
     )
+    if floor is not None:
+        z = tf.maximum(z, floor)
     u2 = dual_update(state.u2, state.theta, z, rho2=rho2)
     return state._replace(z=z, u1=u1, u2=u2)

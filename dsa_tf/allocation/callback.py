@@ -61,7 +61,9 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
        (:func:`dsa_tf.allocation.admm.admm_iteration`): each a Theta step on the next batch
        of ``alpha_data`` (repeated as needed), 50 z steps and the dual update. The Theta step
        runs the model in training mode but leaves the BatchNorm moving statistics as they
-       were. The steepness beta2 starts at 0.05 and grows 1.1x per epoch. Base importances are
+       were. The steepness beta2 starts at 0.05 and grows 1.1x per epoch (with
+       ``beta2_relative=True`` it is counted in units of each group's spread of log
+       importances). Base importances are
        refreshed from the BatchNorm |gamma| (or filter L1 norms) before every weight step;
     3. fine-tuning: as soon as the hard configuration (the top-k channels of each group,
        k = ``ChannelGate.kept_count()``, honouring ``round_to``) meets every budget, the masks
@@ -148,12 +150,23 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
             compiled loss (a single loss).
         beta2_init: initial steepness of the keep probabilities (paper: 0.05).
         beta2_growth: per-epoch growth factor of beta2 during allocation (paper: 1.1).
+        beta2_relative: measure beta2 in units of each group's spread (standard deviation)
+            of log importances instead of absolutely (see
+            :func:`dsa_tf.allocation.keep_process.keep_probabilities`).
         theta_learning_rate: Adam learning rate of Theta (see :mod:`dsa_tf.allocation.admm`).
         rho1: budget penalty of the z steps. Default 1.0; the paper's 0.01 reaches high
             budgets slowly or not at all (measurements in :mod:`dsa_tf.allocation.admm`).
         rho2: penalty of Theta == z (paper: 0.01).
         loss_scale: fixed scale of the loss gradient (paper: 1e5); default None adapts it to
             the gradient's running RMS (see :mod:`dsa_tf.allocation.admm` for why).
+        theta_batch_statistics: True (default, the paper's) runs the Theta steps' forward
+            pass in training mode (BatchNorm with the alpha batch's statistics); False in
+            inference mode under the sampled masks (moving statistics), where the keep-ratio
+            gradients of groups behind a BatchNorm do not vanish (see
+            :func:`dsa_tf.allocation.keep_gradients.keep_ratio_gradients`).
+        keep_floor: no group's keep ratio goes below this share of the uniform keep ratio
+            (the one ratio for all groups that meets the budget): Theta and z are projected
+            onto it after every step. None: no floor (the paper's).
         verbose: 1 prints the schedule and a line at every phase change.
     """
 
@@ -163,7 +176,9 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
                  beta2_growth: float = 1.1,
                  theta_learning_rate: float = admm.THETA_LEARNING_RATE,
                  rho1: float = admm.RHO1, rho2: float = admm.RHO2,
-                 loss_scale: float | None = None, verbose: int = 1):
+                 loss_scale: float | None = None, theta_batch_statistics: bool = True,
+                 beta2_relative: bool = False, keep_floor: float | None = None,
+                 verbose: int = 1):
         super().__init__()
         check_settings(warmup_epochs, update_every, finish_by)
         if bn_batches < 0:
@@ -179,6 +194,11 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         self.beta2_growth = float(beta2_growth)
         self.theta_learning_rate = float(theta_learning_rate)
         self.rho1, self.rho2, self.loss_scale = float(rho1), float(rho2), loss_scale
+        self.theta_batch_statistics = bool(theta_batch_statistics)
+        self.beta2_relative = bool(beta2_relative)
+        if keep_floor is not None and not 0 < keep_floor < 1:
+            raise ValueError(f"keep_floor must be in (0, 1) or None, got {keep_floor}.")
+        self.keep_floor = keep_floor
         self.verbose = verbose
         self.schedule: Schedule | None = None
         self._batches = None
@@ -199,6 +219,8 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
                 f"DSACallback needs steps_per_execution=1, the model was compiled with {steps}: "
                 f"it draws each weight step's masks and counts the weight steps between ADMM "
                 f"iterations in batch callbacks, which Keras calls once per {steps} steps.")
+        for gate in self.gates:
+            gate.relative_steepness = self.beta2_relative
         self.resources = list(self.gates[0].budget)
         self._resource_model()
         self._loss_fn = resolve_loss(model, self.loss, "DSACallback")
@@ -247,6 +269,23 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         self.resource = ResourceModel(plan, self.gates[0].latency_table).function(
             self.resources, order=gate_order(plan, self.gates))
         self.budgets = tf.constant([self.gates[0].budget[n] for n in self.resources], tf.float32)
+        self.floor = None
+        if self.keep_floor is not None:
+            ratio = self.keep_floor * self._uniform_ratio()
+            self.floor = tf.constant(np.log(ratio / (1 - ratio)), tf.float32)
+
+    def _uniform_ratio(self) -> float:
+        """The keep ratio r whose configuration (every group at r) meets every budget
+        exactly, by bisection on the resource function."""
+        low, high = 0.0, 1.0
+        ones = tf.ones([len(self.gates)], tf.float32)
+        for _ in range(40):
+            mid = 0.5 * (low + high)
+            if bool(tf.reduce_all(self.resource(mid * ones) <= self.budgets)):
+                low = mid
+            else:
+                high = mid
+        return low
 
     # ------------------------------------------------------------- the phases
     def _phase(self) -> int:
@@ -413,7 +452,8 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         in_gates = {id(v) for gate in self.gates for v in gate.weights}
         others = [v for v in self.model.non_trainable_variables if id(v) not in in_gates]
         saved = [tf.identity(tf.convert_to_tensor(v)) for v in others]
-        grads = keep_ratio_gradients(self.model, self._loss_fn, x, y)
+        grads = keep_ratio_gradients(self.model, self._loss_fn, x, y,
+                                     batch_statistics=self.theta_batch_statistics)
         with tf.control_dependencies(grads):
             for variable, value in zip(others, saved):
                 variable.assign(value)
@@ -426,7 +466,8 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
             step=tf.convert_to_tensor(first.admm_step))
         new = admm.admm_iteration(state, tf.stack(grads), self.resource, self.budgets,
                                   theta_learning_rate=self.theta_learning_rate,
-                                  rho1=self.rho1, rho2=self.rho2, loss_scale=self.loss_scale)
+                                  rho1=self.rho1, rho2=self.rho2, loss_scale=self.loss_scale,
+                                  floor=self.floor)
         finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in new])
 
         def commit() -> tf.Tensor:

@@ -10,8 +10,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import tensorflow as tf
@@ -47,6 +48,23 @@ def resample_masks(model: Any) -> None:
     for gate in gates_of(model):
         gate.step.assign_add(1)
         gate.mask.assign(gate.sample())
+
+
+@contextlib.contextmanager
+def sampled_masks(model: Any) -> Iterator[None]:
+    """Within the block, calls of ``model`` traced with ``training=False`` apply every gate's
+    sampled mask (as in training) instead of its hard mask; the other layers run in inference
+    (BatchNorm with its moving statistics, no dropout). What a keep-ratio gradient with
+    ``batch_statistics=False`` (:func:`dsa_tf.allocation.keep_gradients.keep_ratio_gradients`)
+    runs under."""
+    gates = gates_of(model)
+    for gate in gates:
+        gate.sampled_in_inference = True
+    try:
+        yield
+    finally:
+        for gate in gates:
+            gate.sampled_in_inference = False
 
 
 def keep_ratios(model: Any) -> dict[str, float]:

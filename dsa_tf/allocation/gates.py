@@ -100,6 +100,13 @@ def make_gate_class(keras: Any) -> type:
             self.budget = dict(budget or {})
             self.exclude = list(exclude)
             self.latency_table = latency_table
+            # True only while a keep-ratio gradient is traced with moving BatchNorm statistics
+            # (dsa_tf.allocation.gated_model.sampled_masks): inference calls then apply the
+            # sampled mask too. A Python flag read when a call is traced, never saved.
+            self.sampled_in_inference = False
+            # beta2 in units of the spread of the log importances (keep_probabilities'
+            # ``relative``); set by DSACallback(beta2_relative=...) when fit begins.
+            self.relative_steepness = False
             self.theta = self.add_weight(name="theta", shape=(), trainable=False,
                                          initializer=keras.initializers.Constant(theta_init))
             self.importance = self.add_weight(name="importance", shape=(self.channels,),
@@ -160,7 +167,7 @@ def make_gate_class(keras: Any) -> type:
             """DSA's keep probabilities, differentiable in theta (implicit gradient)."""
             return keep_process.keep_probabilities(
                 tf.convert_to_tensor(self.importance), self.keep_ratio(),
-                tf.convert_to_tensor(self.beta2))
+                tf.convert_to_tensor(self.beta2), relative=self.relative_steepness)
 
         def sample(self) -> tf.Tensor:
             """A Bernoulli mask drawn from :meth:`probabilities` with noise seeded by ``step``."""
@@ -176,7 +183,8 @@ def make_gate_class(keras: Any) -> type:
             ``index`` (default: all, in order); with ``mask_only``, the mask itself broadcast
             to the shape of ``inputs`` (1 at other positions), what a masked normalisation
             (:mod:`dsa_tf.allocation.masked_norm`) takes."""
-            mask = tf.convert_to_tensor(self.mask) if training else self.hard_mask()
+            sampled = training or self.sampled_in_inference
+            mask = tf.convert_to_tensor(self.mask) if sampled else self.hard_mask()
             mask = tf.cast(mask, inputs.dtype)
             if positions is not None:
                 width = inputs.shape[-1]

@@ -18,16 +18,28 @@ from typing import Any
 import tensorflow as tf
 
 from dsa_tf import _keras
-from dsa_tf.allocation.gated_model import gates_of
+from dsa_tf.allocation.gated_model import gates_of, sampled_masks
 
 
-def keep_ratio_gradients(model: Any, loss_fn: Any, x: Any, y: Any) -> list[tf.Tensor]:
+def keep_ratio_gradients(model: Any, loss_fn: Any, x: Any, y: Any, *,
+                         batch_statistics: bool = True) -> list[tf.Tensor]:
     """dL/dTheta of every gate on one batch, through DSA's straight-through estimator.
 
     The loss L is the batch mean of the per-example losses (:func:`per_example_loss`),
     computed with the gates' current masks m; then dL/dp = dL/dm (straight through) is carried
     to Theta by the implicit gradient of the keep probabilities p:
     dL/dTheta = sum_i dL/dm_i * dp_i/da * a (1 - a).
+
+    ``batch_statistics`` (default True, the paper's training-mode pass) runs the model in
+    training mode: BatchNorm normalises with the batch's statistics. A group whose channels
+    reach the loss only through ``ReLU -> convolution -> BatchNorm`` then has
+    ``sum_i m_i dL/dm_i = 0`` (the batch statistics undo any common scale of its kept
+    channels) and ``dL/dm_i = 0`` for its dropped ones (ReLU's derivative at 0), so while its
+    keep probabilities are nearly equal (small beta2) its gradient vanishes whatever the
+    group's worth. With False the model runs in inference mode (moving BatchNorm statistics,
+    no dropout) under the gates' sampled masks (:func:`sampled_masks`), and every group's
+    gradient says how the loss answers its channels' presence. Measured on a trained CIFAR
+    ResNet-14 (``benchmarks/keep_gradients.py``): see BENCHMARKS.md, "Keep-ratio gradients".
 
     Under a ``tf.distribute`` strategy (the model's ``distribute_strategy``) the batch is the
     global batch, as the batches ``fit`` gets: replica r of R (counted over all workers) takes
@@ -50,11 +62,13 @@ def keep_ratio_gradients(model: Any, loss_fn: Any, x: Any, y: Any) -> list[tf.Te
         raise ValueError(f"An alpha_data batch of {size} examples cannot be split over "
                          f"{strategy.num_replicas_in_sync} replicas; batch alpha_data with at "
                          f"least one example per replica (drop_remainder=True).")
-    grads = strategy.run(_replica_keep_ratio_gradients, args=(model, loss_fn, x, y))
+    grads = strategy.run(_replica_keep_ratio_gradients,
+                         args=(model, loss_fn, x, y, batch_statistics))
     return [strategy.experimental_local_results(g)[0] for g in grads]
 
 
-def _replica_keep_ratio_gradients(model: Any, loss_fn: Any, x: Any, y: Any) -> list[tf.Tensor]:
+def _replica_keep_ratio_gradients(model: Any, loss_fn: Any, x: Any, y: Any,
+                                  batch_statistics: bool) -> list[tf.Tensor]:
     """This replica's weighted share of :func:`keep_ratio_gradients`, all-reduced."""
     context = tf.distribute.get_replica_context()
     size = tf.shape(tf.nest.flatten(x)[0])[0]
@@ -66,7 +80,12 @@ def _replica_keep_ratio_gradients(model: Any, loss_fn: Any, x: Any, y: Any) -> l
     masks = [_keras.tf_variable(gate.mask) for gate in gates]
     with tf.GradientTape() as tape:
         tape.watch(masks)
-        loss = share * tf.reduce_mean(loss_fn(y, model(x, training=True)))
+        if batch_statistics:
+            outputs = model(x, training=True)
+        else:
+            with sampled_masks(model):
+                outputs = model(x, training=False)
+        loss = share * tf.reduce_mean(loss_fn(y, outputs))
     mask_grads = [tf.zeros_like(m) if g is None else g for g, m in
                   zip(tape.gradient(loss, masks), masks)]
     thetas = [_keras.tf_variable(gate.theta) for gate in gates]

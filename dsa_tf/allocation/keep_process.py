@@ -127,6 +127,7 @@ def keep_probabilities(
     keep_ratio: tf.Tensor | float,
     beta2: tf.Tensor | float,
     floor: float = 0.0,
+    relative: bool = False,
 ) -> tf.Tensor:
     """Keep probabilities p_i = sigmoid(beta2 * (log b_i - log beta1)) with mean(p) == keep_ratio.
 
@@ -149,6 +150,11 @@ def keep_probabilities(
         floor: optional probability floor (Python float). If > 0, returns clip(p + floor, 0, 1),
             as the reference code does with 0.01; mean(p) == keep_ratio holds exactly only with
             the default floor 0.
+        relative: measure beta2 in units of the spread of the log importances: the
+            steepness is beta2 / (std_i(log b_i) + 1e-3), so the same beta2 gives masks
+            equally close to top-k whatever the scale of the importances (the BatchNorm
+            |gamma| of a network trained with weight decay often spread by only a few percent,
+            where the paper's absolute beta2 = 0.05 leaves every p_i within 0.1% of a).
 
     Returns:
         Tensor of shape [C] in the importance dtype.
@@ -166,6 +172,8 @@ def keep_probabilities(
     a = _as_dtype(keep_ratio, dtype)
     steepness = tf.stop_gradient(_as_dtype(beta2, dtype))
     log_b = tf.math.log(tf.maximum(b, tf.constant(_tiny(dtype), dtype)))
+    if relative:
+        steepness = steepness / (tf.math.reduce_std(log_b) + tf.constant(1e-3, dtype))
 
     log_beta1_star = solve_log_beta1(log_b, a, steepness)
     p_star = tf.sigmoid(steepness * (log_b - log_beta1_star))
