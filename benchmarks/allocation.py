@@ -1,7 +1,10 @@
 """Which allocator chooses the best widths: DSA against uniform, magnitude and Taylor, side by side.
 
 Every arm sees the same data, the same initial weights (per seed) and the same training
-schedule; only who chooses the per-group widths differs:
+schedule; only who chooses the per-group widths differs. (Not the same batch order: each
+``fit`` takes the next shuffle of the seed's dataset, so an arm's order depends on the runs
+before it in the process; that alone moves an arm by 1-2 points per seed, see BENCHMARKS.md,
+"Why DSA's widths follow noise".)
 
 * ``dsa``: ``prune_to_budget(model, budget, resource)`` + ``DSACallback(alpha)`` with every
   other setting at its default (warm-up, allocation and fine-tuning planned from the fit);

@@ -135,6 +135,7 @@ def test_moving_statistics_give_every_group_a_keep_ratio_gradient(keras):
     """With batch statistics the groups behind ReLU -> conv -> BatchNorm get no gradient at
     soft masks; with moving statistics every group does, and it is the straight-through
     estimate of the inference-mode loss under the sampled masks."""
+    keras.utils.set_random_seed(0)
     model = dsa_tf.models.cifar_resnet(8, input_shape=(8, 8, 3), keras=keras)
     gated = dsa_tf.prune_to_budget(model, 0.5)
     gates = gates_of(gated)
@@ -152,7 +153,7 @@ def test_moving_statistics_give_every_group_a_keep_ratio_gradient(keras):
     last = [g.group for g in gates].index("stage3_block1_2_conv")  # feeds the pooled logits
     others = np.delete(np.arange(len(gates)), last)
     assert batch[others].max() < 1e-3 * batch[last]
-    assert moving[others].min() > 1e-2 * moving.max()
+    assert np.all(moving[others] > 30 * batch[others])  # orders of magnitude, group by group
     gate = gates[0]
     mask = _keras.tf_variable(gate.mask)
     with tf.GradientTape() as tape:

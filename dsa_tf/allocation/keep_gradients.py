@@ -37,9 +37,12 @@ def keep_ratio_gradients(model: Any, loss_fn: Any, x: Any, y: Any, *,
     channels) and ``dL/dm_i = 0`` for its dropped ones (ReLU's derivative at 0), so while its
     keep probabilities are nearly equal (small beta2) its gradient vanishes whatever the
     group's worth. With False the model runs in inference mode (moving BatchNorm statistics,
-    no dropout) under the gates' sampled masks (:func:`sampled_masks`), and every group's
-    gradient says how the loss answers its channels' presence. Measured on a trained CIFAR
-    ResNet-14 (``benchmarks/keep_gradients.py``): see BENCHMARKS.md, "Keep-ratio gradients".
+    no dropout) under the gates' sampled masks (:func:`sampled_masks`): no group's gradient
+    vanishes, but it answers a common scale of the group's kept channels (which the moving
+    statistics no longer undo) more than their presence. Measured on a trained CIFAR ResNet-14
+    (``benchmarks/keep_gradients.py``; BENCHMARKS.md, "Why DSA's widths follow noise"): with
+    moving statistics every group's gradient is large and positive, and DSA's allocations got
+    worse.
 
     Under a ``tf.distribute`` strategy (the model's ``distribute_strategy``) the batch is the
     global batch, as the batches ``fit`` gets: replica r of R (counted over all workers) takes
