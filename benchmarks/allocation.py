@@ -316,10 +316,11 @@ def report(args: argparse.Namespace) -> None:
                 print(f"| {arch} {RESOURCES[arch]} {budget} | {flow} | {arm} | "
                       f"{' | '.join(means)} |")
     print("\nwidths per group (scratch flow, kept channels per seed):")
+    order = methods_of(rows)
     for arch, budget in cells:
         for r in sorted((r for r in rows if (r["arch"], r["budget"], r["flow"]) ==
                          (arch, budget, "scratch") and "widths" in r),
-                        key=lambda r: (methods_of(rows).index(r["method"]), r["seed"])):
+                        key=lambda r: (order.index(r["method"]), r["seed"])):
             print(f"  {arch} {budget} {r['method']:9} seed {r['seed']}: "
                   f"{list(r['widths'].values())}")
 
