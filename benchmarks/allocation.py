@@ -1,10 +1,12 @@
 """Which allocator chooses the best widths: DSA against uniform, magnitude and Taylor, side by side.
 
-Every arm sees the same data, the same initial weights (per seed) and the same training
-schedule; only who chooses the per-group widths differs. (Not the same batch order: each
-``fit`` takes the next shuffle of the seed's dataset, so an arm's order depends on the runs
-before it in the process; that alone moves an arm by 1-2 points per seed, see BENCHMARKS.md,
-"Why DSA's widths follow noise".)
+Every arm sees the same data, the same initial weights (per seed), the same batches in the
+same order (``--batch_order=per_arm``: the seed's datasets are built anew for every arm) and
+the same training schedule; only who chooses the per-group widths differs. The results of
+earlier versions of this script were measured with ``--batch_order=shared``: the datasets
+built once per seed, each ``fit`` taking the next shuffle, so an arm's batch order depended
+on the runs before it in the process, which alone moved an arm by 1-2 points per seed (see
+BENCHMARKS.md, "Why DSA's widths follow noise"); rows without the setting are those.
 
 * ``dsa``: ``prune_to_budget(model, budget, resource)`` + ``DSACallback(alpha)`` with every
   other setting at its default (warm-up, allocation and fine-tuning planned from the fit);
@@ -218,7 +220,8 @@ def keyword(text: str) -> tuple[str, Any]:
 def settings(args: argparse.Namespace) -> dict:
     """What makes two runs of the same arm comparable."""
     return {k: getattr(args, k) for k in ("depth", "image_size", "train_examples", "epochs",
-                                          "finetune_epochs", "lr", "finetune_lr")}
+                                          "finetune_epochs", "lr", "finetune_lr",
+                                          "batch_order")}
 
 
 def key(row: dict) -> tuple:
@@ -230,7 +233,10 @@ def read_results(path: str) -> list[dict]:
     if not os.path.exists(path):
         return []
     with open(path) as file:
-        return [json.loads(line) for line in file if line.strip()]
+        rows = [json.loads(line) for line in file if line.strip()]
+    for row in rows:  # measured before batch_order was a setting
+        row["settings"].setdefault("batch_order", "shared")
+    return rows
 
 
 def run(args: argparse.Namespace) -> None:
@@ -240,9 +246,12 @@ def run(args: argparse.Namespace) -> None:
     for cell in args.cells:
         arch, budget = cell.split(":")[0], float(cell.split(":")[1])
         for seed in args.seeds:
-            splits = dsa_tf.data.load("cifar10", data_dir=args.data_dir, batch_size=128,
-                                      train_examples=args.train_examples or None, seed=seed,
-                                      image_size=args.image_size)
+            def load(seed: int = seed) -> Any:
+                return dsa_tf.data.load("cifar10", data_dir=args.data_dir, batch_size=128,
+                                        train_examples=args.train_examples or None,
+                                        seed=seed, image_size=args.image_size)
+
+            splits = load() if args.batch_order == "shared" else None
             for flow in args.flows:
                 for method in ("unpruned", *[dsa_label(args.dsa_options) if m == "dsa" else m
                                               for m in args.methods]):
@@ -258,6 +267,8 @@ def run(args: argparse.Namespace) -> None:
                             print(f"skipped {wanted[:5]}: no scratch run to take widths from")
                             continue
                         widths = source["widths"]
+                    if args.batch_order == "per_arm":
+                        splits = load()  # every arm starts from the seed's first shuffle
                     row = run_one(arch, budget, flow, method, seed, splits, widths, args)
                     done[key(row)] = row
                     with open(args.results, "a") as file:
@@ -349,6 +360,10 @@ def main() -> None:
     parser.add_argument("--dsa_options", nargs="*", default=[], type=keyword,
                         help="DSACallback arguments of the DSA arm, name=value (JSON values); "
                              "the arm is then reported as dsa(name=value,...).")
+    parser.add_argument("--batch_order", default="per_arm", choices=("per_arm", "shared"),
+                        help="per_arm: every arm sees the seed's batches in the same order; "
+                             "shared: the order of the earlier results (one dataset per seed, "
+                             "each fit takes its next shuffle).")
     parser.add_argument("--report", action="store_true", help="Only print the tables.")
     args = parser.parse_args()
     args.dsa_options = dict(args.dsa_options)
