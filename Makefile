@@ -29,10 +29,10 @@ test-tf-keras: install
 test: lint
 	$(MAKE) --no-print-directory -j2 --output-sync=target test-keras3 test-tf-keras
 
-# Every keras.applications model under both Keras flavours, and the keras-hub backbones (make
-# test runs one per family).
+# Every keras.applications model under both Keras flavours (make test runs one per family;
+# it runs every keras-hub backbone too).
 zoo: install
-	$(BIN)/pytest -q -p no:cacheprovider -m zoo tests/test_zoo.py tests/test_keras_hub.py
+	$(BIN)/pytest -q -p no:cacheprovider -m zoo tests/test_zoo.py
 	TF_USE_LEGACY_KERAS=1 $(BIN)/pytest -q -p no:cacheprovider -m zoo tests/test_zoo.py
 
 # The main job: DSA's quick schedule, a CIFAR ResNet pruned to 50% of its FLOPs on CIFAR-10

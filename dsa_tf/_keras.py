@@ -8,10 +8,11 @@ of the package sees a functional model as a flat list of :class:`Call` records.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -150,6 +151,24 @@ def calls(model: Any) -> list[Call]:
     return result
 
 
+@contextlib.contextmanager
+def nodes_restored(layer: Any) -> Iterator[None]:
+    """Leaves ``layer`` and every layer inside it with the graph nodes they had on entry.
+
+    Calling a layer on symbolic tensors records a node on it (and its consumers); a symbolic
+    trace of a layer's body (:mod:`dsa_tf.structure.inline`) would otherwise leave such
+    nodes on the user's layers. A functional model built inside keeps the nodes it uses.
+    """
+    layers = list(layer._flatten_layers(include_self=True, recursive=True))
+    saved = [(each, len(each._inbound_nodes), len(each._outbound_nodes)) for each in layers]
+    try:
+        yield
+    finally:
+        for each, inbound, outbound in saved:
+            del each._inbound_nodes[inbound:]
+            del each._outbound_nodes[outbound:]
+
+
 def input_structure(model: Any) -> Any:
     """The model's input Keras tensors in the structure the model was built with."""
     graph = graph_of(model)
@@ -184,8 +203,15 @@ def shape_of(tensor: Any) -> tuple:
 
 
 def layer_config(op: Any) -> dict:
-    """A layer's or operation's config, without the stale build information of Keras 3."""
-    config = dict(op.get_config())
+    """A layer's or operation's config, without the stale build information of Keras 3.
+
+    Keras 3 has no config for a layer made with arguments it cannot serialise (keras-hub
+    makes its ``Identity`` layers so); such a layer gets the settings every layer has (name,
+    trainable, dtype), which is its whole config when its class takes no others."""
+    try:
+        config = dict(op.get_config())
+    except NotImplementedError:
+        config = {"name": op.name, "trainable": op.trainable, "dtype": op.dtype_policy}
     config.pop("build_config", None)
     return config
 

@@ -13,11 +13,15 @@ from dsa_tf.allocation.gated_strip import gate_keep
 
 
 def random_keep(plan: dsa_tf.ChannelPlan, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """A random channel subset (at least one channel) for every prunable group."""
-    return {
-        g.name: np.sort(rng.choice(g.channels, rng.integers(1, g.channels + 1), replace=False))
-        for g in plan.prunable
-    }
+    """A random channel subset (at least one channel) for every prunable group; a group with
+    blocks (a grouped convolution's channels) keeps the same random count in every block."""
+    keep = {}
+    for g in plan.prunable:
+        size = g.channels // g.blocks
+        count = rng.integers(1, size + 1)
+        keep[g.name] = np.sort(np.concatenate([
+            b * size + rng.choice(size, count, replace=False) for b in range(g.blocks)]))
+    return keep
 
 
 def randomize(model: Any, rng: np.random.Generator) -> None:

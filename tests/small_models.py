@@ -121,3 +121,57 @@ def deep_chain(keras: Any, depth: int = 600) -> Any:
     for _ in range(depth):
         x = keras.layers.Dense(4, activation="relu")(x)
     return keras.Model(inputs, keras.layers.Dense(2)(x), name="deep_chain")
+
+
+def resnext(keras: Any) -> Any:
+    """Two ResNeXt bottleneck blocks: 1x1, grouped 3x3 (groups=4), 1x1, added to the stem's
+    channels; groups stem (32, no blocks), b0_in, b0_grouped, b1_in, b1_grouped (32 channels
+    in 4 blocks each)."""
+    layers = keras.layers
+
+    def conv_bn(x, filters, name, kernel=1, groups=1):
+        x = layers.Conv2D(filters, kernel, padding="same", groups=groups, name=name)(x)
+        return layers.BatchNormalization(name=f"{name}_bn")(x)
+
+    inputs = keras.Input((8, 8, 3))
+    x = layers.ReLU()(conv_bn(inputs, 32, "stem", kernel=3))
+    for block in range(2):
+        y = layers.ReLU()(conv_bn(x, 32, f"b{block}_in"))
+        y = layers.ReLU()(conv_bn(y, 32, f"b{block}_grouped", kernel=3, groups=4))
+        x = layers.ReLU()(layers.Add()([x, conv_bn(y, 32, f"b{block}_out")]))
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(4)(x), name="resnext")
+
+
+def subclassed_blocks(keras: Any) -> Any:
+    """A functional model whose residual blocks are a user's ``Layer`` subclass (conv, BN,
+    ReLU, conv, BN, added to the block's input), one of them nested in another subclass."""
+    layers = keras.layers
+
+    class Block(layers.Layer):
+        def __init__(self, filters: int, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.conv1 = layers.Conv2D(filters, 3, padding="same", name="conv1")
+            self.bn1 = layers.BatchNormalization(name="bn1")
+            self.conv2 = layers.Conv2D(filters, 3, padding="same", name="conv2")
+            self.bn2 = layers.BatchNormalization(name="bn2")
+
+        def call(self, x: Any, training: Any = None) -> Any:
+            y = layers.ReLU()(self.bn1(self.conv1(x), training=training))
+            return x + self.bn2(self.conv2(y), training=training)
+
+    class Stage(layers.Layer):
+        def __init__(self, filters: int, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.block = Block(filters, name="inner_block")
+            self.project = layers.Conv2D(filters, 1, name="project")
+
+        def call(self, x: Any) -> Any:
+            return self.project(self.block(x))
+
+    inputs = keras.Input((8, 8, 3))
+    x = layers.ReLU()(layers.Conv2D(8, 3, padding="same", name="stem")(inputs))
+    x = Block(8, name="block1")(x)
+    x = Stage(8, name="stage2")(x)
+    x = layers.GlobalAveragePooling2D()(layers.ReLU()(x))
+    return keras.Model(inputs, layers.Dense(3)(x), name="subclassed_blocks")

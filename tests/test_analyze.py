@@ -76,7 +76,13 @@ def test_softmax_over_channels_blocks_pruning_of_its_group(keras):
 
 
 def _custom_layer_model(keras):
-    layer_cls = type("Doubler", (keras.layers.Layer,), {"call": lambda self, x: 2.0 * x})
+    """A custom layer with a per-channel weight of its own: neither a rule nor a trace into
+    standard layers (tests/test_inline.py) can prune through it."""
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+
+    layer_cls = type("Doubler", (keras.layers.Layer,),
+                     {"build": build, "call": lambda self, x: 2.0 * x * self.scale})
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, name="c1")(inputs)
     x = layer_cls(name="doubler")(x)

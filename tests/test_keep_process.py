@@ -307,3 +307,29 @@ def test_relative_steepness_does_not_depend_on_the_spread_of_the_importances():
     assert relative.mean() == pytest.approx(0.4, abs=1e-6)
     top = np.argsort(z)[-8:]
     assert relative[top].mean() > 0.85 and relative[np.argsort(z)[:8]].mean() < 0.05
+
+
+@pytest.mark.parametrize("beta2", (0.5, 50.0))
+def test_blocks_each_keep_the_ratio_with_their_own_threshold(rng, beta2):
+    """[B, C] importances (a grouped convolution's blocks): every row is the keep process of
+    that row alone, so each block keeps the ratio on average, and the mean over all blocks
+    still moves one for one with the keep ratio."""
+    importance = rng.lognormal(0.0, 1.0, (3, 8)) * np.array([[1.0], [10.0], [0.1]])
+    a = tf.Variable(0.3, dtype=tf.float64)
+    with tf.GradientTape() as tape:
+        p = keep_probabilities(tf.constant(importance), a, beta2)
+        mean_p = tf.reduce_mean(p)
+    for row, probabilities in zip(importance, p.numpy()):
+        np.testing.assert_allclose(probabilities, numpy_keep_probabilities(row, 0.3, beta2),
+                                   atol=1e-8)
+    np.testing.assert_allclose(p.numpy().mean(axis=1), 0.3, atol=1e-8)
+    assert abs(float(tape.gradient(mean_p, a)) - 1.0) < 1e-6
+
+
+def test_hard_mask_with_blocks_keeps_the_top_of_every_block(rng):
+    importance = rng.lognormal(0.0, 1.0, 12)
+    mask = hard_mask(tf.constant(importance), 0.5, round_to=3, blocks=3).numpy()
+    for block, kept in zip(importance.reshape(3, 4), mask.reshape(3, 4)):
+        expected = np.zeros(4)
+        expected[np.argsort(-block, kind="stable")[:2]] = 1.0
+        np.testing.assert_array_equal(kept, expected)

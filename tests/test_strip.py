@@ -96,28 +96,3 @@ def test_depthwise_grouped_conv_passes_channels_and_resizes_groups(keras):
     assert (stripped.get_layer("dw").filters, stripped.get_layer("dw").groups) == (3, 3)
     assert (stripped.get_layer("dw_x2").filters, stripped.get_layer("dw_x2").groups) == (6, 3)
     assert (stripped.get_layer("dw1d").filters, stripped.get_layer("dw1d").groups) == (5, 5)
-
-
-def test_general_grouped_conv_keeps_its_channels_whole_and_its_neighbours_prune(keras):
-    """groups=2 over 8 channels: both sides of the grouped convolution stay whole (reported
-    with the reason), the groups before and after it prune, and its FLOPs and params are
-    those of its grouped kernel."""
-    layers = keras.layers
-    inputs = keras.Input((8, 8, 3))
-    x = layers.Conv2D(12, 3, padding="same", name="a")(inputs)
-    x = layers.BatchNormalization()(x)
-    x = layers.Conv2D(8, 1, name="into")(layers.ReLU()(x))
-    x = layers.Conv2D(8, 3, padding="same", groups=2, name="grouped")(x)
-    x = layers.Conv2D(6, 1, name="after")(layers.ReLU()(layers.BatchNormalization()(x)))
-    model = keras.Model(inputs, layers.Dense(3)(layers.GlobalAveragePooling2D()(x)))
-    plan = dsa_tf.analyze(model)
-    assert {g.name for g in plan.prunable} == {"a", "after"}
-    for name in ("into", "grouped"):
-        assert "grouped convolution (groups=2)" in plan.group(name).reason
-    for seed in range(2):
-        check_strip(model, seed=seed)
-    alone = keras.Model(inputs, layers.Conv2D(9, 3, padding="same", groups=3, name="g3")(
-        layers.Conv2D(6, 1)(inputs)))
-    grouped_flops = 2 * 9 * 64 * (6 // 3) * 9
-    assert dsa_tf.count_flops(alone) == 2 * 64 * 3 * 6 + grouped_flops
-    assert dsa_tf.count_params(alone) == (3 * 6 + 6) + (9 * 2 * 9 + 9)

@@ -38,14 +38,33 @@ def check_rounding(min_channels: Any, round_to: Any) -> None:
             raise ValueError(f"{name} must {rule}, got {value!r}.")
 
 
+def group_steps(plan: ChannelPlan, round_to: int | np.ndarray = 1) -> np.ndarray:
+    """The step of every prunable group's kept count (plan order): ``round_to`` (one for all
+    groups, or one per group), or its least common multiple with the group's
+    :attr:`~dsa_tf.structure.graph.Group.blocks` (a grouped convolution's channels keep the
+    same count in every block).
+
+    Example:
+        >>> import tensorflow as tf, dsa_tf
+        >>> layers = tf.keras.layers
+        >>> model = tf.keras.Sequential([tf.keras.Input((8, 8, 3)), layers.Conv2D(8, 1),
+        ...                              layers.Conv2D(12, 3, groups=4), layers.Conv2D(2, 1)])
+        >>> group_steps(dsa_tf.analyze(model), 2).tolist()   # both sides of the groups=4 conv
+        [4, 4]
+    """
+    steps = np.broadcast_to(np.asarray(round_to, dtype=np.int64), len(plan.prunable))
+    return np.array([math.lcm(int(step), g.blocks) for step, g in zip(steps, plan.prunable)],
+                    dtype=np.int64)
+
+
 def fewest_counts(plan: ChannelPlan, min_channels: int = 1,
                   round_to: int | np.ndarray = 1) -> np.ndarray:
     """The fewest channels each prunable group may keep: ``min_channels`` rounded up to a
-    multiple of ``round_to`` (one for all groups, or one per group in plan order), or all of
-    its channels if it has fewer (the rule of
-    :func:`dsa_tf.allocation.keep_process.kept_count`)."""
+    multiple of its step (:func:`group_steps`), or all of its channels if it has fewer (the
+    rule of :func:`dsa_tf.allocation.keep_process.kept_count`)."""
     channels = np.array([g.channels for g in plan.prunable])
-    return np.asarray(kept_count(0.0, channels, min_channels, round_to), dtype=np.int64)
+    return np.asarray(kept_count(0.0, channels, min_channels, group_steps(plan, round_to)),
+                      dtype=np.int64)
 
 
 def usage(resources: ResourceModel, counts: np.ndarray, names: Iterable[str]
@@ -142,7 +161,9 @@ def validated_budget(model: Any, budget: float | Mapping[str, float], resource: 
     :meth:`dsa_tf.deploy.latency_model.LatencyModel.group_steps`), so that pruned groups keep
     counts on the cheap side of the runtime's steps, which are measured points of the table
     (:mod:`dsa_tf.deploy.latency_table`). A latency budget without ``latency_table`` measures
-    one on this device (:func:`dsa_tf.deploy.profile.cached_table`).
+    one on this device (:func:`dsa_tf.deploy.profile.cached_table`). A group with blocks (a
+    grouped convolution's channels, :attr:`dsa_tf.structure.graph.Group.blocks`) rounds to
+    the least common multiple of that and its number of blocks.
 
     Example:
         >>> import dsa_tf
@@ -161,6 +182,7 @@ def validated_budget(model: Any, budget: float | Mapping[str, float], resource: 
         steps = resources.latency.group_steps()
     else:
         steps = np.full(len(plan.prunable), 1 if round_to is None else int(round_to), np.int64)
+    steps = group_steps(plan, steps)
     return resources, budget_fractions(resources, budget, resource, int(min_channels),
                                        steps), steps
 

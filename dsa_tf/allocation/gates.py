@@ -64,6 +64,10 @@ def make_gate_class(keras: Any) -> type:
             channels: the group's channel count C.
             min_channels: the fewest channels the hard mask keeps.
             round_to: the hard mask keeps a multiple of this many channels, or all of them.
+            blocks: the group's :attr:`~dsa_tf.structure.graph.Group.blocks` (a grouped
+                convolution's groups): every block keeps the same number of channels, in the
+                hard mask and, on average, in the sampled masks (the keep probabilities have
+                mean a in every block). ``round_to`` must be a multiple of it.
             seed: seed of the Bernoulli noise.
             theta_init: initial keep-ratio logit (DSA: 5.0, keep ratio about 0.993).
             importance_sources: names of the layers whose weights give the base importance.
@@ -86,7 +90,8 @@ def make_gate_class(keras: Any) -> type:
         channel_mask = True
 
         def __init__(self, group: str, channels: int, min_channels: int = 1, round_to: int = 1,
-                     seed: int = 0, theta_init: float = 5.0, importance_sources: tuple = (),
+                     blocks: int = 1, seed: int = 0, theta_init: float = 5.0,
+                     importance_sources: tuple = (),
                      budget: dict | None = None, exclude: tuple = (),
                      latency_table: str | None = None, **kwargs: Any):
             super().__init__(**kwargs)
@@ -94,6 +99,11 @@ def make_gate_class(keras: Any) -> type:
             self.channels = int(channels)
             self.min_channels = int(min_channels)
             self.round_to = int(round_to)
+            self.blocks = int(blocks)
+            if self.channels % self.blocks or self.round_to % self.blocks:
+                raise ValueError(
+                    f"Gate of {group!r}: blocks={self.blocks} must divide its {self.channels} "
+                    f"channels and round_to={self.round_to}.")
             self.seed = int(seed)
             self.theta_init = float(theta_init)
             self.importance_sources = list(importance_sources)
@@ -156,7 +166,7 @@ def make_gate_class(keras: Any) -> type:
             """The k most important channels, k = :meth:`kept_count`."""
             importance = tf.convert_to_tensor(self.importance)
             return keep_process.hard_mask(importance, self.keep_ratio(), self.min_channels,
-                                          self.round_to)
+                                          self.round_to, self.blocks)
 
         def hard_mask(self) -> tf.Tensor:
             """The inference mask: the frozen mask once frozen, else :meth:`top_k_mask`."""
@@ -164,10 +174,12 @@ def make_gate_class(keras: Any) -> type:
                            lambda: tf.convert_to_tensor(self.mask), self.top_k_mask)
 
         def probabilities(self) -> tf.Tensor:
-            """DSA's keep probabilities, differentiable in theta (implicit gradient)."""
-            return keep_process.keep_probabilities(
-                tf.convert_to_tensor(self.importance), self.keep_ratio(),
-                tf.convert_to_tensor(self.beta2), relative=self.relative_steepness)
+            """DSA's keep probabilities, differentiable in theta (implicit gradient); with
+            blocks, mean a in every block."""
+            importance = tf.reshape(tf.convert_to_tensor(self.importance), [self.blocks, -1])
+            return tf.reshape(keep_process.keep_probabilities(
+                importance, self.keep_ratio(), tf.convert_to_tensor(self.beta2),
+                relative=self.relative_steepness), [self.channels])
 
         def sample(self) -> tf.Tensor:
             """A Bernoulli mask drawn from :meth:`probabilities` with noise seeded by ``step``."""
@@ -200,7 +212,7 @@ def make_gate_class(keras: Any) -> type:
         def get_config(self) -> dict:
             return {**super().get_config(), "group": self.group, "channels": self.channels,
                     "min_channels": self.min_channels, "round_to": self.round_to,
-                    "seed": self.seed,
+                    "blocks": self.blocks, "seed": self.seed,
                     "theta_init": self.theta_init,
                     "importance_sources": list(self.importance_sources),
                     "budget": dict(self.budget), "exclude": list(self.exclude),

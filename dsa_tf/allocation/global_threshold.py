@@ -11,7 +11,9 @@ A group never goes below ``min_channels`` (rounded up to a multiple of ``round_t
 ``round_to`` it loses channels in steps that keep its count a multiple of ``round_to`` (the
 first step from a width that is not a multiple goes to the multiple below), and a step's
 score is the highest score it removes, so a threshold t removes, in each group, the most
-channels a legal step allows among those scoring at most t. Steps of equal score (the equal
+channels a legal step allows among those scoring at most t. A group with blocks (a grouped
+convolution's channels) loses the same number of channels from every block, the lowest of
+each, a step scoring the highest score it removes in any block. Steps of equal score (the equal
 |gamma| of an untrained model) go first in the group that has lost the smallest share of its
 channels, so that fully tied scores give a near-uniform allocation rather than emptying the
 first groups.
@@ -33,8 +35,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from dsa_tf.allocation.budget import fewest_counts, meets
-from dsa_tf.allocation.importance import normalised, top_channels
+from dsa_tf.allocation.budget import fewest_counts, group_steps, meets
+from dsa_tf.allocation.importance import block_sorted, normalised, top_channels
 from dsa_tf.allocation.resources import ResourceModel
 
 
@@ -69,12 +71,13 @@ def removal_counts(resources: ResourceModel, fractions: Mapping[str, float],
     plan = resources.plan
     channels = np.array([g.channels for g in plan.prunable])
     step_scores, step_shares, step_groups, step_counts = [], [], [], []
-    steps = np.broadcast_to(round_to, len(plan.prunable))
+    steps = group_steps(plan, round_to)
     for k, (group, fewest, step) in enumerate(zip(
             plan.prunable, fewest_counts(plan, min_channels, round_to), steps.tolist())):
-        ascending = np.sort(scores[group.name])
+        ascending = block_sorted(scores[group.name], group.blocks)
+        size = ascending.shape[1]
         for count in range((group.channels - 1) // step * step, fewest - 1, -step):
-            step_scores.append(ascending[group.channels - count - 1])
+            step_scores.append(ascending[:, size - count // group.blocks - 1].max())
             step_shares.append(1 - count / group.channels)  # removed after the step
             step_groups.append(k)
             step_counts.append(count)

@@ -108,7 +108,9 @@ def normalised(scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 def top_channels(plan: ChannelPlan, scores: Mapping[str, np.ndarray],
                  counts: np.ndarray) -> dict[str, np.ndarray]:
     """The keep dict of ``counts`` (one per prunable group): each group's highest-scoring
-    channels, sorted indices; ties keep the lower index, as the gates' top-k does.
+    channels, sorted indices; ties keep the lower index, as the gates' top-k does. A group
+    with blocks (a grouped convolution's channels) keeps the highest-scoring
+    ``count / blocks`` of every block.
 
     Example:
         >>> import numpy as np, dsa_tf
@@ -117,5 +119,21 @@ def top_channels(plan: ChannelPlan, scores: Mapping[str, np.ndarray],
         >>> top_channels(plan, scores, [2] * len(plan.prunable))["stem_conv"].tolist()
         [0, 1]
     """
-    return {group.name: np.sort(np.argsort(-scores[group.name], kind="stable")[:int(k)])
-            for group, k in zip(plan.prunable, counts)}
+    keep = {}
+    for group, count in zip(plan.prunable, counts):
+        rows = np.asarray(scores[group.name]).reshape(group.blocks, -1)
+        best = np.argsort(-rows, axis=1, kind="stable")[:, :int(count) // group.blocks]
+        keep[group.name] = np.sort((best + rows.shape[1] * np.arange(group.blocks)[:, None])
+                                   .ravel())
+    return keep
+
+
+def block_sorted(scores: np.ndarray, blocks: int) -> np.ndarray:
+    """Each of ``blocks`` equal, contiguous blocks of ``scores`` in ascending order, shape
+    (blocks, len(scores) / blocks).
+
+    Example:
+        >>> block_sorted(np.array([3.0, 1.0, 0.0, 2.0]), 2).tolist()
+        [[1.0, 3.0], [0.0, 2.0]]
+    """
+    return np.sort(np.asarray(scores).reshape(blocks, -1), axis=1)

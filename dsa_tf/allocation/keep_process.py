@@ -88,13 +88,14 @@ def solve_log_beta1(
     No gradient flows through this function (inputs and output are wrapped in tf.stop_gradient).
 
     Args:
-        log_importance: float32 or float64 tensor of shape [C], log of the channel importances.
+        log_importance: float32 or float64 tensor of shape [C], log of the channel importances,
+            or [B, C] for B blocks solved independently (one l per row).
         keep_ratio: scalar target mean probability a, in (0, 1).
         beta2: positive scalar steepness.
         iterations: number of bisection halvings (a Python int).
 
     Returns:
-        Scalar tensor log(beta1) in the dtype of `log_importance`.
+        Tensor log(beta1) in the dtype of `log_importance`: a scalar, or shape [B].
 
     Example:
         >>> x = tf.math.log(tf.constant([0.5, 1.0, 2.0, 4.0], tf.float64))
@@ -107,12 +108,12 @@ def solve_log_beta1(
     a = tf.stop_gradient(_as_dtype(keep_ratio, dtype))
     steepness = tf.stop_gradient(_as_dtype(beta2, dtype))
     margin = tf.constant(_bracket_margin(dtype), dtype) / steepness
-    lower = tf.reduce_min(x) - margin
-    upper = tf.reduce_max(x) + margin
+    lower = tf.reduce_min(x, axis=-1) - margin
+    upper = tf.reduce_max(x, axis=-1) + margin
 
     def halve(lo: tf.Tensor, hi: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         mid = 0.5 * (lo + hi)
-        above_target = tf.reduce_mean(tf.sigmoid(steepness * (x - mid))) > a
+        above_target = tf.reduce_mean(tf.sigmoid(steepness * (x - mid[..., None])), -1) > a
         # Mean still too high at mid: the root lies above mid.
         return tf.where(above_target, mid, lo), tf.where(above_target, hi, mid)
 
@@ -143,7 +144,9 @@ def keep_probabilities(
     the sum is tiny.
 
     Args:
-        importance: float32 or float64 tensor of shape [C], base importances b_i > 0.
+        importance: float32 or float64 tensor of shape [C], base importances b_i > 0, or
+            [B, C] for B blocks that each keep the ratio (every row has mean(p) == a: the
+            blocks of a grouped convolution's channels).
         keep_ratio: scalar keep ratio a in (0, 1); may be a tensor or variable of any float dtype
             (it is cast to the importance dtype, differentiably).
         beta2: positive scalar steepness.
@@ -157,7 +160,7 @@ def keep_probabilities(
             where the paper's absolute beta2 = 0.05 leaves every p_i within 0.1% of a).
 
     Returns:
-        Tensor of shape [C] in the importance dtype.
+        Tensor of the importance's shape and dtype.
 
     Example:
         >>> b = tf.constant([0.1, 0.2, 0.4, 0.8], tf.float64)
@@ -176,19 +179,20 @@ def keep_probabilities(
         steepness = steepness / (tf.math.reduce_std(log_b) + tf.constant(1e-3, dtype))
 
     log_beta1_star = solve_log_beta1(log_b, a, steepness)
-    p_star = tf.sigmoid(steepness * (log_b - log_beta1_star))
+    p_star = tf.sigmoid(steepness * (log_b - log_beta1_star[..., None]))
     log_beta1 = log_beta1_star + _implicit_slope(p_star, steepness) * (a - tf.stop_gradient(a))
-    p = tf.sigmoid(steepness * (log_b - log_beta1))
+    p = tf.sigmoid(steepness * (log_b - log_beta1[..., None]))
     if floor > 0.0:
         p = tf.clip_by_value(p + tf.constant(floor, dtype), 0.0, 1.0)
     return p
 
 
 def _implicit_slope(p: tf.Tensor, steepness: tf.Tensor) -> tf.Tensor:
-    """d log(beta1) / da = -C / (beta2 * sum_j p_j (1 - p_j)), or 0 when that sum underflows."""
+    """d log(beta1) / da = -C / (beta2 * sum_j p_j (1 - p_j)), or 0 when that sum underflows
+    (per row of a [B, C] ``p``)."""
     dtype = p.dtype
-    channels = tf.cast(tf.size(p), dtype)
-    denominator = steepness * tf.reduce_sum(p * (1.0 - p))
+    channels = tf.cast(tf.shape(p)[-1], dtype)
+    denominator = steepness * tf.reduce_sum(p * (1.0 - p), axis=-1)
     defined = denominator > channels * tf.constant(_tiny(dtype), dtype)
     safe_denominator = tf.where(defined, denominator, tf.ones_like(denominator))
     slope = tf.where(defined, -channels / safe_denominator, tf.zeros_like(denominator))
@@ -267,18 +271,21 @@ def kept_count(
 
 def hard_mask(
     importance: tf.Tensor, keep_ratio: tf.Tensor | float, min_channels: int = 1,
-    round_to: int = 1,
+    round_to: int = 1, blocks: int = 1,
 ) -> tf.Tensor:
     """Deterministic inference mask keeping the k most important channels, k = `kept_count`.
 
     Ties are broken by lower channel index (tf.math.top_k is stable). The raw importance values
-    are ranked (no clamping).
+    are ranked (no clamping). With ``blocks=B > 1`` the channels are B equal, contiguous blocks
+    (a grouped convolution's groups) and each keeps its k / B most important channels; ``round_to``
+    must then be a multiple of B, so that k is.
 
     Args:
         importance: float32 or float64 tensor of shape [C].
         keep_ratio: scalar keep ratio a.
         min_channels: minimum number of kept channels (see `kept_count`).
         round_to: kept counts are multiples of this or all channels (see `kept_count`).
+        blocks: the number of blocks that keep equal counts.
 
     Returns:
         Float mask of shape [C] in the importance dtype, exactly k ones.
@@ -286,9 +293,14 @@ def hard_mask(
     Example:
         >>> hard_mask(tf.constant([0.3, 0.1, 0.3, 0.2]), 0.5).numpy()
         array([1., 0., 1., 0.], dtype=float32)
+        >>> b = tf.constant([0.4, 0.3, 0.2, 0.1])
+        >>> hard_mask(b, 0.5).numpy(), hard_mask(b, 0.5, round_to=2, blocks=2).numpy()
+        (array([1., 1., 0., 0.], dtype=float32), array([1., 0., 1., 0.], dtype=float32))
     """
     b = tf.stop_gradient(tf.convert_to_tensor(importance))
     channels = tf.shape(b)[0]
     k = kept_count(keep_ratio, channels, min_channels, round_to)
-    kept = tf.math.top_k(b, k=k, sorted=True).indices
+    rows = tf.reshape(b, [blocks, -1])
+    kept = tf.math.top_k(rows, k=k // blocks, sorted=True).indices
+    kept = tf.reshape(kept + tf.range(blocks)[:, None] * tf.shape(rows)[1], [-1])
     return tf.scatter_nd(kept[:, tf.newaxis], tf.ones_like(kept, dtype=b.dtype), [channels])

@@ -78,7 +78,7 @@ def prune_to_budget(model: Any, budget: float | Mapping[str, float], *,
     base_seed = 0 if seed is None else int(seed)
     gates = {
         g.name: ChannelGate(group=g.name, channels=g.channels, min_channels=min_channels,
-                            round_to=int(round_to[k]),
+                            round_to=int(round_to[k]), blocks=g.blocks,
                             seed=base_seed * 100_003 + k, budget=fractions,
                             exclude=sorted(set(exclude)),
                             latency_table=resources.latency_table,

@@ -5,7 +5,9 @@ Conv1D/2D/3D (kernel x C_in x C_out per output pixel), their transposed versions
 x C_out per *input* pixel), DepthwiseConv (kernel x channels per output pixel),
 SeparableConv (its depthwise and pointwise parts) and Dense (C_in x C_out per position). Bias
 additions, normalisation, activations, pooling and element-wise ops count 0, as in DSA and most
-pruning papers. Layers dsa_tf does not know count 0 FLOPs. Parameters are all weights of the
+pruning papers. A subclassed layer counts the FLOPs of the standard layers its call runs
+(traced as the analysis traces it, :mod:`dsa_tf.structure.inline`); layers dsa_tf does not
+know count 0 FLOPs. Parameters are all weights of the
 model, trainable or not (what ``model.count_params()`` reports).
 """
 
@@ -14,8 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from dsa_tf import _keras
-from dsa_tf.structure.graph import _call_arguments, _flat_calls
-from dsa_tf.structure.rules import CallInfo, Unsupported, rule_for
+from dsa_tf.structure.graph import _flat_calls, full_flops
 
 
 def count_flops(model: Any) -> int:
@@ -32,21 +33,8 @@ def count_flops(model: Any) -> int:
     if not _keras.is_functional(model):
         raise ValueError(f"count_flops needs a functional or Sequential model; {model.name!r} "
                          f"is a subclassed or unbuilt model.")
-    total = 0
-    for call, name in _flat_calls(model, (), {}, set()):
-        rule = rule_for(call.op)
-        if rule is None:
-            continue
-        args, kwargs = _call_arguments(call)
-        info = CallInfo(call.op, args, kwargs, [_keras.shape_of(t) for t in call.inputs],
-                        [_keras.shape_of(t) for t in call.outputs], [])
-        n_in = info.in_shapes[0][-1] if info.in_shapes else 0
-        n_out = info.out_shapes[0][-1] if info.out_shapes else 0
-        try:
-            total += rule.flops(call.op, info, n_in, n_out)
-        except Unsupported as error:
-            raise ValueError(f"Cannot count FLOPs of layer {name!r}: {error}") from None
-    return int(total)
+    return sum(full_flops(call, name) for call, name in _flat_calls(model, (), {}, set(),
+                                                                     strict=False))
 
 
 def count_params(model: Any) -> int:

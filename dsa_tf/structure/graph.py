@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,6 +24,7 @@ import numpy as np
 
 from dsa_tf import _keras
 from dsa_tf.structure.channels import ChannelMap
+from dsa_tf.structure.inline import TraceError, trace, traceable
 from dsa_tf.structure.quadratic import Quadratic
 from dsa_tf.structure.rules import (
     CallInfo,
@@ -47,6 +49,10 @@ class Group:
             activations, adds...): the places a mask must reach.
         prunable: whether channels of this group may be removed.
         reason: why not, when it is not prunable.
+        blocks: the channels fall into this many equal, contiguous blocks that must keep the
+            same number of channels each (the groups of a grouped convolution reading or
+            writing them, the parts of a channel split; 1 when there is none): a pruned group
+            keeps a multiple of ``blocks`` channels, ``kept // blocks`` of every block.
     """
 
     name: str
@@ -55,6 +61,7 @@ class Group:
     layers: tuple[str, ...]
     prunable: bool
     reason: str = ""
+    blocks: int = 1
 
 
 @dataclasses.dataclass
@@ -83,6 +90,7 @@ class _Walk:
         self.space_producer: list[str | None] = []
         self.parent: list[int] = []
         self.fixed: dict[int, str] = {}
+        self.blocks: dict[int, int] = {}
         self.space_of_op: dict[int, int] = {}
         self.first_in_map: dict[int, ChannelMap] = {}
         self.current: str = ""
@@ -131,6 +139,19 @@ class _Walk:
                 if ra != rb:
                     self.parent[max(ra, rb)] = min(ra, rb)
 
+    def require_blocks(self, channel_map: ChannelMap, blocks: int, reason: str) -> None:
+        """The map's channels must keep the same count in each of ``blocks`` equal,
+        contiguous blocks of the map (a grouped convolution's groups, a split's parts). That
+        is a constraint on a group's channels when the map is one space's channels in order;
+        any other map (a concatenation feeding it) is kept whole, with ``reason``."""
+        spaces = np.unique(channel_map.spaces).tolist()
+        whole = len(spaces) == 1 and len(channel_map) == self.space_size[spaces[0]] \
+            and np.array_equal(channel_map.index, np.arange(len(channel_map)))
+        if not whole:
+            self.fix(channel_map, reason)
+            return
+        self.blocks[spaces[0]] = math.lcm(self.blocks.get(spaces[0], 1), int(blocks))
+
     def fix(self, channel_map: ChannelMap | None, reason: str) -> None:
         """Marks every space in the map as not prunable."""
         if channel_map is not None:
@@ -164,6 +185,7 @@ class ChannelPlan:
         for g, root in enumerate(roots):
             spaces = [s for s in range(len(walk.space_size)) if walk.root(s) == root]
             reasons = [walk.fixed[s] for s in spaces if s in walk.fixed]
+            blocks = math.lcm(*(walk.blocks.get(s, 1) for s in spaces))
             self.groups.append(Group(
                 name=walk.space_name[root],
                 channels=walk.space_size[root],
@@ -171,6 +193,7 @@ class ChannelPlan:
                 layers=tuple(members.get(g, ())),
                 prunable=not reasons,
                 reason=reasons[0] if reasons else "",
+                blocks=blocks,
             ))
         self.prunable = [g for g in self.groups if g.prunable]
         self._index = {g.name: i for i, g in enumerate(self.groups)}
@@ -224,11 +247,14 @@ class ChannelPlan:
             out_count = self.count(fc.out_maps[0] if fc.out_maps else None)
             if fc.rule is not None and not fc.opaque:
                 flops = flops + fc.rule.flops(fc.op, fc.info, in_count, out_count)
+            elif fc.opaque:
+                flops = flops + _opaque_flops(fc)
             if id(fc.op) in seen or is_mask_layer(fc.op):
                 continue
             seen.add(id(fc.op))
             counts = {"in": in_count, "out": out_count,
-                      "mid": getattr(fc.op, "depth_multiplier", 1) * in_count}
+                      "mid": getattr(fc.op, "depth_multiplier", 1) * in_count,
+                      "group_in": in_count * (1 / getattr(fc.op, "groups", 1))}
             for weight, axes in weight_axes(fc):
                 params = params + _weight_size(weight.shape, axes, counts)
         return flops, params
@@ -242,6 +268,40 @@ class ChannelPlan:
         return ratios
 
 
+def full_flops(call: _keras.Call, name: str) -> int:
+    """FLOPs of one call with all its channels (0 for a layer without a rule).
+
+    Raises:
+        ValueError: the rule cannot count it (a dynamic spatial shape), naming the layer.
+    """
+    rule = rule_for(call.op)
+    if rule is None:
+        return 0
+    args, kwargs = _call_arguments(call)
+    info = CallInfo(call.op, args, kwargs, [_keras.shape_of(t) for t in call.inputs],
+                    [_keras.shape_of(t) for t in call.outputs], [])
+    n_in = info.in_shapes[0][-1] if info.in_shapes else 0
+    n_out = info.out_shapes[0][-1] if info.out_shapes else 0
+    try:
+        return int(rule.flops(call.op, info, n_in, n_out))
+    except Unsupported as error:
+        raise ValueError(f"Cannot count FLOPs of layer {name!r}: {error}") from None
+
+
+def _opaque_flops(fc: FlatCall) -> int:
+    """An excluded (opaque) layer's FLOPs, which pruning does not change: those of the
+    standard layers its call runs when it can be traced (what :func:`dsa_tf.count_flops`
+    counts for it), else 0."""
+    if not traceable(fc.op):
+        return 0
+    try:
+        inner = trace(fc.call)
+    except TraceError:
+        return 0
+    return sum(full_flops(call, name) for call, name in _flat_calls(
+        inner, (fc.name,), {}, set(), strict=False))
+
+
 def _weight_size(shape: Any, axes: tuple, counts: dict) -> Any:
     size: Any = 1
     for dim, axis in zip(tuple(shape), axes):
@@ -252,7 +312,8 @@ def _weight_size(shape: Any, axes: tuple, counts: dict) -> Any:
 def weight_axes(fc: FlatCall) -> list[tuple[Any, tuple]]:
     """Each weight of the call's layer with the channel role of every axis.
 
-    Roles come from the rule (``"in"``, ``"out"``, ``"mid"`` for the trailing axes); weights
+    Roles come from the rule (``"in"``, ``"out"``, ``"mid"``, and ``"group_in"``, a grouped
+    convolution's input channels of one group, for the trailing axes); weights
     the rule does not name, and weights of opaque layers, have no channel axes.
     """
     op = fc.op
@@ -274,26 +335,52 @@ def _unsupported(name: str, op: Any, why: str) -> ValueError:
     )
 
 
-def _flat_calls(model: Any, prefix: tuple[str, ...], alias: dict[int, Any], seen: set) -> list:
-    """The calls of ``model`` with nested models expanded, plus input/output aliasing."""
+def _flat_calls(model: Any, prefix: tuple[str, ...], alias: dict[int, Any], seen: set,
+                exclude: Iterable[str] = (), strict: bool = True) -> list:
+    """The calls of ``model`` with nested models and traceable subclassed layers
+    (:mod:`dsa_tf.structure.inline`) expanded, plus input/output aliasing. A subclassed
+    layer that cannot be traced raises, or with ``strict=False`` stays one call."""
     result = []
     for call in _keras.calls(model):
-        if _keras.is_model(call.op):
-            inner = call.op
-            name = "/".join(prefix + (inner.name,))
-            if not _keras.is_functional(inner):
-                raise _unsupported(name, inner, "it is a subclassed model")
-            if id(inner) in seen:
-                raise _unsupported(name, inner, "a nested model called more than once")
-            seen.add(id(inner))
-            for inner_in, outer_in in zip(_keras.model_inputs(inner), call.inputs):
-                alias[id(inner_in)] = resolve(alias, outer_in)
-            result.extend(_flat_calls(inner, prefix + (inner.name,), alias, seen))
-            for outer_out, inner_out in zip(call.outputs, _keras.model_outputs(inner)):
-                alias[id(outer_out)] = resolve(alias, inner_out)
-        else:
-            result.append((call, "/".join(prefix + (call.op.name,))))
+        name = "/".join(prefix + (call.op.name,))
+        inner = _inner_graph(call, name, set(exclude), strict)
+        if inner is None:
+            result.append((call, name))
+            continue
+        if id(call.op) in seen:
+            raise _unsupported(name, call.op, f"a {_kind(call.op)} called more than once")
+        seen.add(id(call.op))
+        for inner_in, outer_in in zip(_keras.model_inputs(inner), call.inputs):
+            alias[id(inner_in)] = resolve(alias, outer_in)
+        result.extend(_flat_calls(inner, prefix + (call.op.name,), alias, seen, exclude,
+                                  strict))
+        for outer_out, inner_out in zip(call.outputs, _keras.model_outputs(inner)):
+            alias[id(outer_out)] = resolve(alias, inner_out)
     return result
+
+
+def _kind(op: Any) -> str:
+    return "nested model" if _keras.is_model(op) else "subclassed layer"
+
+
+def _inner_graph(call: _keras.Call, name: str, exclude: set[str], strict: bool) -> Any:
+    """The functional graph to walk in place of ``call``: a nested model's, a traced
+    subclassed layer's, or None for a call walked as it is."""
+    op = call.op
+    if _keras.is_model(op):
+        if not _keras.is_functional(op):
+            raise _unsupported(name, op, "it is a subclassed model")
+        return op
+    excluded = name in exclude or op.name in exclude
+    if excluded or rule_for(op) is not None or not traceable(op):
+        return None
+    try:
+        return trace(call)
+    except TraceError as error:
+        if not strict:
+            return None
+        raise _unsupported(name, op, f"dsa_tf has no channel rule for this layer type, and "
+                                     f"cannot trace it into standard layers: {error}") from None
 
 
 def resolve(alias: dict[int, Any], tensor: Any) -> Any:
@@ -308,20 +395,23 @@ def analyze(model: Any, exclude: Iterable[str] = ()) -> ChannelPlan:
 
     Args:
         model: a built functional or Sequential model (Keras 3 or tf_keras). Nested models
-            used as layers (a keras.applications backbone) are walked through.
+            used as layers (a keras.applications backbone) are walked through, and so are
+            subclassed layers defined outside Keras, traced into the standard layers their
+            ``call`` runs (:mod:`dsa_tf.structure.inline`; ``"block/conv1"`` names a layer
+            inside the traced layer ``block``).
         exclude: layer names (``"conv1"``, or ``"backbone/conv1"`` for a nested layer) whose
             channels must stay whole. An excluded layer that dsa_tf does not understand (a
-            custom layer) is treated as opaque: its inputs and outputs are kept whole and its
-            weights are copied unchanged.
+            custom layer; a subclassed layer is then not traced) is treated as opaque: its
+            inputs and outputs are kept whole and its weights are copied unchanged.
 
     Returns:
         A :class:`ChannelPlan` with every group (prunable or not, and why) and the FLOPs and
         params models.
 
     Raises:
-        ValueError: for a subclassed model, an unknown or unsupported layer (grouped conv,
-            channel-mixing Reshape, a custom layer) not in ``exclude``, or an unknown name in
-            ``exclude``. The message names the layer and its class.
+        ValueError: for a subclassed model, an unknown or unsupported layer (a
+            channel-mixing Reshape, a custom layer that cannot be traced) not in ``exclude``,
+            or an unknown name in ``exclude``. The message names the layer and its class.
 
     Example:
         >>> import dsa_tf
@@ -338,7 +428,7 @@ def analyze(model: Any, exclude: Iterable[str] = ()) -> ChannelPlan:
     exclude = set(exclude)
     walk = _Walk(exclude)
     alias: dict[int, Any] = {}
-    flat = _flat_calls(model, (), alias, set())
+    flat = _flat_calls(model, (), alias, set(), exclude)
     names = {name for _, name in flat} | {name.split("/")[-1] for _, name in flat}
     unknown = exclude - names
     if unknown:
@@ -409,7 +499,7 @@ def _couple_shared_inputs(walk: _Walk, op: Any, rule: Rule, info: CallInfo) -> N
     roles = {role for axes in rule.weight_axes(op).values() for role in axes}
     if isinstance(rule, Depthwise):
         roles.add("in")  # its output channels are its input channels
-    if not info.in_maps or not roles & {"in", "mid"}:
+    if not info.in_maps or not roles & {"in", "mid", "group_in"}:
         return
     first = walk.first_in_map.setdefault(id(op), info.in_maps[0])
     if first is not info.in_maps[0]:

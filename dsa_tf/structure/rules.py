@@ -7,7 +7,8 @@ A rule answers, for one layer type:
   inputs into one group, Concatenate joins, Flatten tiles);
 * ``weight_axes``: for each of the layer's weights, which axes follow the input (``"in"``),
   the output (``"out"``) or a depthwise multiplier's intermediate (``"mid"``) channels;
-* ``resized_config``: the layer's config for a new number of output channels;
+* ``resized_config``: the layer's config for a new number of output channels (``resized``:
+  for the kept channels of each of its outputs, which a channel split needs);
 * ``flops``: 2 x multiply-accumulates, for integer channel counts or linear forms alike;
 * ``preserves_zero``: whether an all-zero input channel stays zero in the output.
 
@@ -107,6 +108,10 @@ class Rule:
     def resized_config(self, config: dict, out_channels: int) -> dict:
         """The layer's config when its first output keeps ``out_channels`` channels."""
         return config
+
+    def resized(self, config: dict, kept: Sequence[int]) -> dict:
+        """The layer's config when its outputs keep ``kept`` channels (one count each)."""
+        return self.resized_config(config, kept[0])
 
     def flops(self, op: Any, info: CallInfo, n_in: Any, n_out: Any) -> Any:
         return 0
@@ -266,6 +271,50 @@ class Fixed(Through):
         return False
 
 
+class Reduce(Through):
+    """Reductions (``keras.ops.mean``, ``max``...) over axes other than the channel axis:
+    the channels pass through (squeeze-and-excitation's spatial mean). A reduction over the
+    channels, or over every axis, mixes them and is refused."""
+
+    def check(self, op: Any, info: CallInfo) -> None:
+        axis = getattr(op, "axis", None)
+        if axis is None:
+            axis = info.argument("axis", 1)
+        rank = len(info.in_shapes[0])
+        axes = [] if axis is None else (list(axis) if isinstance(axis, (list, tuple))
+                                         else [axis])
+        if not axes or any(int(a) % rank == rank - 1 for a in axes):
+            raise Unsupported(f"it reduces over the channel axis (axis={axis})")
+
+
+class Split(Rule):
+    """``keras.ops.split`` (CSPNet's partial stages). On the channel axis every output holds
+    a consecutive part of its input's channels (a slice of the channel map), and the input's
+    group keeps the same number of channels in each of its blocks of gcd(part sizes)
+    channels (:attr:`dsa_tf.structure.graph.Group.blocks`; two equal halves: two blocks), so
+    that every part keeps a fixed share of the group and the resource model stays exact; the
+    stripped split cuts at the kept counts. An input that is not one group's channels in
+    order is kept whole. On another axis every output has all the channels."""
+
+    def propagate(self, op: Any, info: CallInfo, ctx: Any) -> list[ChannelMap]:
+        in_map = info.in_maps[0]
+        rank = len(info.in_shapes[0])
+        if int(op.axis) % rank != rank - 1:
+            return [in_map] * len(info.out_shapes)
+        sizes = [int(shape[-1]) for shape in info.out_shapes]
+        ctx.require_blocks(in_map, len(in_map) // math.gcd(*sizes),
+                           f"{op.name}: a channel split of channels of several groups; they "
+                           f"are kept whole")
+        ends = np.cumsum(sizes).tolist()
+        return [ChannelMap(in_map.spaces[end - size:end], in_map.index[end - size:end])
+                for end, size in zip(ends, sizes)]
+
+    def resized(self, config: dict, kept: Sequence[int]) -> dict:
+        if len(set(kept)) == 1 and isinstance(config["indices_or_sections"], int):
+            return config  # still equal sections (also where the split is not on channels)
+        return {**config, "indices_or_sections": np.cumsum(kept)[:-1].tolist()}
+
+
 class Create(Rule):
     """Layers that create a new channel space: convolutions and Dense."""
 
@@ -358,37 +407,65 @@ class ChannelwiseConv(Depthwise):
 
 class GroupedConv(Create):
     """Conv1D/2D/3D with 1 < ``groups`` < input channels (ResNeXt's and RegNet's grouped
-    convolutions): its input and output channels are kept whole.
+    convolutions): pruned by the same number of channels in every group.
 
-    Output channel j reads the input channels of group j // (filters // groups) only, so a
-    pruned grouped convolution must keep the same number of channels in every group, in both
-    its input and its output, which ties channel selection across groups; dsa_tf does not
-    model that, and keeps both sides whole (their groups are reported as not prunable, with
-    this reason), so that the layers around it still prune. Its FLOPs and params count its
-    real, grouped kernel: 2 x kernel x output positions x (input channels / groups) x filters.
+    Output channel j reads only the input channels of its group, j // (filters / groups), so
+    a pruned grouped convolution stays a grouped convolution with the same ``groups`` only if
+    every group keeps the same number of input channels and the same number of output
+    channels. The rule states that as a constraint on both channel groups it touches (their
+    :attr:`dsa_tf.structure.graph.Group.blocks`): a group read or written by a grouped
+    convolution with G groups keeps a multiple of G channels, the same count in each of its G
+    contiguous blocks, the most important ones of each block. The stripped layer keeps
+    ``groups``; output channel j of the stripped kernel takes, from the original kernel, the
+    kept input channels of its own group (:func:`grouped_kernel`). An input that is not one
+    group's channels in order (a concatenation) is kept whole. FLOPs and params count the
+    grouped kernel: 2 x kernel x output positions x (input channels / groups) x filters.
     """
 
     def __init__(self) -> None:
-        super().__init__("filters", (), self._grouped_flops)
+        super().__init__("filters", ("group_in", "out"), self._grouped_flops)
 
     def check(self, op: Any, info: CallInfo) -> None:
         _require_channels_last(op)
 
     def propagate(self, op: Any, info: CallInfo, ctx: Any) -> list[ChannelMap]:
-        why = (f"{op.name}: grouped convolution (groups={op.groups}); its channels are kept "
-               f"whole")
-        ctx.fix(info.in_maps[0], why)
+        why = (f"{op.name}: grouped convolution (groups={op.groups}) reading channels of "
+               f"several groups; they are kept whole")
+        ctx.require_blocks(info.in_maps[0], op.groups, why)
         created = super().propagate(op, info, ctx)
-        ctx.fix(created[0], why)
+        ctx.require_blocks(created[0], op.groups, why)
         return created
-
-    def weight_axes(self, op: Any) -> dict[str, tuple]:
-        return {}  # never sliced: both channel sides are whole
 
     @staticmethod
     def _grouped_flops(op: Any, info: CallInfo, n_in: Any, n_out: Any) -> Any:
-        per_group = info.in_shapes[0][-1] // op.groups
-        return 2 * math.prod(op.kernel_size) * _spatial(info.out_shapes[0]) * per_group * n_out
+        return 2 * math.prod(op.kernel_size) * _spatial(info.out_shapes[0]) * n_out * (
+            n_in * (1 / op.groups))
+
+
+def grouped_kernel(kernel: np.ndarray, kept_in: np.ndarray, kept_out: np.ndarray,
+                   groups: int) -> np.ndarray:
+    """The kernel of a pruned grouped convolution.
+
+    Args:
+        kernel: the original kernel, shape (*kernel_size, input channels / groups, filters).
+        kept_in: boolean keep mask over the input channels, the same count in every group.
+        kept_out: boolean keep mask over the filters, the same count in every group.
+        groups: the convolution's ``groups``.
+
+    Returns:
+        Shape (*kernel_size, kept inputs / groups, kept filters): for every kept filter, the
+        weights of the kept input channels of its group.
+
+    Example:
+        >>> kernel = np.arange(8.0).reshape(1, 2, 4)   # 4 inputs, 4 filters, 2 groups
+        >>> grouped_kernel(kernel, np.array([1, 0, 0, 1], bool), np.ones(4, bool), 2)
+        array([[[0., 1., 6., 7.]]])
+    """
+    per_group = kept_in.reshape(groups, -1)
+    local = np.stack([np.flatnonzero(row) for row in per_group])  # (groups, kept per group)
+    filters = np.flatnonzero(kept_out)
+    group_of_filter = filters // (len(kept_out) // groups)
+    return kernel[..., local[group_of_filter].T, filters[None, :]]
 
 
 class Separable(Create):
@@ -547,6 +624,8 @@ KERAS3_OPS: dict[str, Rule] = {
     "Concatenate": Concat(),
     "Cast": PASS,
     "Pad": SpatialPad(),
+    "Split": Split(),
+    **{name: Reduce() for name in ("Mean", "Max", "Min", "Sum")},
     **{name: Activation(fixed_name=act) for name, act in {
         "Relu": "relu", "Relu6": "relu6", "Silu": "silu", "Swish": "swish", "Gelu": "gelu",
         "Tanh": "tanh", "Elu": "elu", "Selu": "selu", "LeakyRelu": "leaky_relu",

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from dsa_tf import _keras
 from dsa_tf.structure.graph import ChannelPlan, FlatCall, analyze, resolve, weight_axes
-from dsa_tf.structure.rules import is_mask_layer, is_masked_form
+from dsa_tf.structure.rules import grouped_kernel, is_mask_layer, is_masked_form
 
 
 def space_masks(plan: ChannelPlan, keep: Mapping[str, Iterable[int]]) -> dict[int, np.ndarray]:
@@ -26,7 +26,9 @@ def space_masks(plan: ChannelPlan, keep: Mapping[str, Iterable[int]]) -> dict[in
 
     Raises:
         ValueError: an unknown group name, a group that is not prunable, an empty selection,
-            or indices that repeat or fall outside ``[0, channels)``.
+            indices that repeat or fall outside ``[0, channels)``, or, in a group with
+            :attr:`~dsa_tf.structure.graph.Group.blocks` (a grouped convolution's channels),
+            different counts in its blocks.
     """
     masks: dict[int, np.ndarray] = {}
     for name, indices in keep.items():
@@ -49,6 +51,12 @@ def space_masks(plan: ChannelPlan, keep: Mapping[str, Iterable[int]]) -> dict[in
             raise ValueError(f"Group {name!r} cannot be pruned: {group.reason}.")
         mask = np.zeros(group.channels, dtype=bool)
         mask[indices] = True
+        per_block = mask.reshape(group.blocks, -1).sum(axis=1)
+        if len(set(per_block.tolist())) > 1:
+            raise ValueError(
+                f"keep[{name!r}] keeps {per_block.tolist()} channels in the {group.blocks} "
+                f"blocks of {group.channels // group.blocks} channels that a grouped "
+                f"convolution reads or writes; every block must keep the same number.")
         g = plan.groups.index(group)
         for space in np.flatnonzero(plan.group_of_space == g).tolist():
             masks[space] = mask
@@ -164,7 +172,7 @@ def _kept(channel_map: Any, masks: dict[int, np.ndarray]) -> np.ndarray | None:
 def _new_op(fc: FlatCall, masks: dict, name: str) -> Any:
     config = _keras.layer_config(fc.op)
     if fc.rule is not None and not fc.opaque and fc.out_maps and fc.out_maps[0] is not None:
-        config = fc.rule.resized_config(config, int(_kept(fc.out_maps[0], masks).sum()))
+        config = fc.rule.resized(config, [int(_kept(m, masks).sum()) for m in fc.out_maps])
     if "name" in config:
         config["name"] = name
     if is_masked_form(fc.op):
@@ -183,6 +191,9 @@ def _sliced_weights(fc: FlatCall, plan: ChannelPlan, masks: dict) -> list[np.nda
     result = []
     for weight, axes in weight_axes(fc):
         value = np.asarray(weight.numpy() if hasattr(weight, "numpy") else weight)
+        if "group_in" in axes:  # (..., input channels / groups, filters)
+            value = grouped_kernel(value, kept["in"], kept["out"], fc.op.groups)
+            axes = axes[:-2]
         for axis, role in enumerate(axes):
             if role is not None:
                 value = np.compress(kept[role], value, axis=axis)
