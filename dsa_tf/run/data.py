@@ -28,7 +28,10 @@ Decisions:
   ``"auto"`` picks ``"cifar"`` for fixed-size images of at most 64x64, else ``"imagenet"``;
   ``None`` trains on the evaluation transform. The randomness is stateless: every example
   draws its crop and flip from a key of a seeded stream that is re-drawn every epoch, so the
-  same seed gives the same batches, epoch after epoch, and another seed other ones.
+  same seed gives the same batches, epoch after epoch, and another seed other ones. Like every
+  seeded tf.data operation, the shuffles and the key stream also depend on TensorFlow's
+  global seed at the time ``load`` is called (set or not, and its value): for batches that do
+  not depend on what ran before in the process, call ``keras.utils.set_random_seed`` first.
 - Normalisation: ``(pixel / 255 - mean) / std`` per channel, with the published statistics of
   cifar10, cifar100, mnist, fashion_mnist, svhn_cropped and ImageNet (also used for imagenette
   and imagenet variants); other datasets are only scaled to [0, 1] (mean 0, std 1). The
