@@ -246,3 +246,27 @@ def test_dsa_tf_prune_with_a_latency_budget_reports_predicted_and_measured(tmp_p
     assert all(side["median_ms"] > 0 for side in latency)
     assert report["budget_status"]["met"] and "latency" in report["budget_status"]["hard"]
     assert "predicted ms" in summary_table(load_report(config.out))
+
+
+@KERAS3_ONLY
+def test_measuring_operators_keeps_the_converters_native_logs_quiet():
+    """A table converts hundreds of single-operator models; the converter's C++ log lines
+    (several per model at TensorFlow's default log level) must not flood the terminal."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "from dsa_tf.deploy.latency_table import operator_tflite\n"
+        "signature = {'kind': 'Conv2D', 'input_shape': [8, 8], 'output_shape': [8, 8], "
+        "'kernel_size': [3, 3], 'strides': [1, 1], 'padding': 'same', "
+        "'dilation_rate': [1, 1], 'use_bias': True}\n"
+        "import sys; print('start', file=sys.stderr, flush=True)\n"
+        "for n in (8, 16):\n"
+        "    assert operator_tflite(signature, n, n)[4:8] == b'TFL3'\n")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    after = result.stderr.split("start", 1)[1]
+    assert "flatbuffer" not in after and "Ignored" not in after, after

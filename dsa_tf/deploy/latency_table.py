@@ -31,8 +31,9 @@ import io
 import json
 import os
 import platform
+import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -199,8 +200,24 @@ def operator_tflite(signature: dict, channels_in: int, channels_out: int,
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), _native_stderr_silenced():
         return converter.convert()
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Sends what native code writes to the process's stderr to /dev/null: the converter
+    logs several lines per model from C++, which a table of hundreds of single-operator
+    models would print (its errors still arrive as Python exceptions)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def time_tflite(content: bytes, threads: int = 1, rounds: int = 5, invokes: int = 20) -> float:
