@@ -336,14 +336,14 @@ def _unsupported(name: str, op: Any, why: str) -> ValueError:
 
 
 def _flat_calls(model: Any, prefix: tuple[str, ...], alias: dict[int, Any], seen: set,
-                exclude: Iterable[str] = (), strict: bool = True) -> list:
+                exclude: frozenset[str] | set[str] = frozenset(), strict: bool = True) -> list:
     """The calls of ``model`` with nested models and traceable subclassed layers
     (:mod:`dsa_tf.structure.inline`) expanded, plus input/output aliasing. A subclassed
     layer that cannot be traced raises, or with ``strict=False`` stays one call."""
     result = []
     for call in _keras.calls(model):
         name = "/".join(prefix + (call.op.name,))
-        inner = _inner_graph(call, name, set(exclude), strict)
+        inner = _inner_graph(call, name, exclude, strict)
         if inner is None:
             result.append((call, name))
             continue
@@ -363,7 +363,14 @@ def _kind(op: Any) -> str:
     return "nested model" if _keras.is_model(op) else "subclassed layer"
 
 
-def _inner_graph(call: _keras.Call, name: str, exclude: set[str], strict: bool) -> Any:
+def _is_excluded(name: str, exclude: frozenset[str] | set[str]) -> bool:
+    """Whether the call ``name`` (a path through nested layers) is excluded by its path or
+    by its own layer name."""
+    return name in exclude or name.split("/")[-1] in exclude
+
+
+def _inner_graph(call: _keras.Call, name: str, exclude: frozenset[str] | set[str],
+                 strict: bool) -> Any:
     """The functional graph to walk in place of ``call``: a nested model's, a traced
     subclassed layer's, or None for a call walked as it is."""
     op = call.op
@@ -371,8 +378,7 @@ def _inner_graph(call: _keras.Call, name: str, exclude: set[str], strict: bool) 
         if not _keras.is_functional(op):
             raise _unsupported(name, op, "it is a subclassed model")
         return op
-    excluded = name in exclude or op.name in exclude
-    if excluded or rule_for(op) is not None or not traceable(op):
+    if _is_excluded(name, exclude) or rule_for(op) is not None or not traceable(op):
         return None
     try:
         return trace(call)
@@ -458,7 +464,7 @@ def analyze(model: Any, exclude: Iterable[str] = ()) -> ChannelPlan:
 def _walk_call(walk: _Walk, call: _keras.Call, name: str, map_of: Any,
                tensor_maps: dict, alias: dict) -> FlatCall:
     op = call.op
-    excluded = name in walk.exclude or name.split("/")[-1] in walk.exclude
+    excluded = _is_excluded(name, walk.exclude)
     walk.current = name
     args, kwargs = _call_arguments(call)
     info = CallInfo(op, args, kwargs, [_keras.shape_of(t) for t in call.inputs],
