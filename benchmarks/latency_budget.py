@@ -10,13 +10,14 @@ script:
 2. prunes it to ``--budget`` (50%) of its latency with ``dsa_tf.uniform_allocation(model,
    0.5, resource="latency", latency_table=...)`` (one keep ratio for every group, the largest
    the table predicts within the budget) and with ``dsa_tf.magnitude_allocation`` (a global
-   threshold on the filters' norms, which trades between groups); kept counts are multiples
+   threshold on the filters' norms, each step weighted by the FLOPs it removes per
+   millisecond it saves, which trades between groups); kept counts are multiples
    of each group's step in the table (8, or 16 where the measured times show tiles of 16;
    the script prints how many groups step by each);
-3. builds FLOPs-budgeted comparisons with the same allocator: at the FLOPs the latency arm
-   kept (``round_to`` 1, the default of a FLOPs budget), and a sweep of lower FLOPs budgets
-   with ``round_to`` 1 and 16 (rounding by hand, as BENCHMARKS.md "LiteRT latency" did), to
-   find the FLOPs a FLOPs budget has to give up to be as fast as the latency arm;
+3. builds FLOPs-budgeted comparisons with the same allocator as each latency arm: at the
+   FLOPs the arm kept and a sweep of lower FLOPs budgets, with ``round_to`` 1 (the default of
+   a FLOPs budget) and 16 (rounding by hand, as BENCHMARKS.md "LiteRT latency" did), to find
+   the FLOPs a FLOPs budget has to give up to be as fast as the latency arm;
 4. exports every variant and the unpruned model to float32 ``.tflite`` (verified) and times
    them side by side in one ``dsa_tf.compare_tflite_latency`` run (interleaved rounds, each
    the minimum of ``--invokes`` invokes; a model's latency is its fastest of ``--rounds``
@@ -26,8 +27,9 @@ script:
 
 Acceptance, printed as PASS/FAIL: the latency arm's measured latency is at most 0.52x the
 unpruned model's, its prediction (and the unpruned model's) is within 10% of the measurement,
-and ResNet-56's table takes under 3 minutes. The table also answers: at equal measured latency,
-how many FLOPs does the latency budget keep compared with a FLOPs budget?
+and ResNet-56's table takes under 3 minutes; and capacity at equal latency: the arm keeps more
+FLOPs than the FLOPs budgets of the same allocator (either rounding) keep at its measured
+latency (:func:`frontier`: the best variant as fast, interpolated towards the next slower one).
 
 Run from the repository root (about 30 minutes on 2 CPU cores, most of it MobileNetV2):
 
@@ -60,7 +62,9 @@ MODELS = ("resnet56", "mobilenetv2")
 MAX_RATIO = 0.52
 MAX_ERROR = 0.10
 MAX_TABLE_SECONDS = {"resnet56": 180}
-SWEEP = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)  # FLOPs budgets, as fractions of the latency arm's
+# FLOPs budgets, as fractions of a latency arm's FLOPs: above it too, so that the FLOPs-budgeted
+# variants bracket the arm's measured latency
+SWEEP = (1.15, 1.1, 1.05, 1.0, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6)
 
 
 def flops_ratio(model: Any, keep: dict) -> float:
@@ -68,22 +72,40 @@ def flops_ratio(model: Any, keep: dict) -> float:
 
 
 def variants(model: Any, table_path: str, budget: float) -> list[tuple[str, int, dict]]:
-    """(label, round_to, keep) of the latency arms (round_to 0: the table's steps) and of
-    the FLOPs-budgeted comparisons (at the FLOPs the first latency arm kept, and below)."""
-    result = [(f"latency {budget:.0%} {allocate.__name__.split('_')[0]}", 0,
-               allocate(model, budget, resource="latency", latency_table=table_path))
-              for allocate in (dsa_tf.uniform_allocation, dsa_tf.magnitude_allocation)]
-    kept_flops = flops_ratio(model, result[0][2])
-    for round_to in (1, 16):
-        for share in SWEEP:
-            target = share * kept_flops
-            try:
-                keep = dsa_tf.uniform_allocation(model, target, round_to=round_to)
-            except ValueError as error:  # below what this rounding reaches
-                print(f"  FLOPs {target:.3f} x{round_to}: {error}")
-                continue
-            result.append((f"FLOPs {target:.3f} x{round_to}", round_to, keep))
+    """(label, round_to, keep) of the latency arms (round_to 0: the table's steps) and, for
+    each allocator, of the FLOPs-budgeted comparisons with the same allocator: at the FLOPs
+    its latency arm kept and below, with round_to 1 and 16."""
+    result = []
+    for allocate in (dsa_tf.uniform_allocation, dsa_tf.magnitude_allocation):
+        method = allocate.__name__.split("_")[0]
+        keep = allocate(model, budget, resource="latency", latency_table=table_path)
+        result.append((f"latency {budget:.0%} {method}", 0, keep))
+        kept_flops = flops_ratio(model, keep)
+        for round_to in (1, 16):
+            for share in SWEEP:
+                target = share * kept_flops
+                try:
+                    keep = allocate(model, target, round_to=round_to)
+                except ValueError as error:  # below what this rounding reaches
+                    print(f"  FLOPs {target:.3f} x{round_to} {method}: {error}")
+                    continue
+                result.append((f"FLOPs {target:.3f} x{round_to} {method}", round_to, keep))
     return result
+
+
+def frontier(points: list[tuple[float, float]], ms: float) -> float | None:
+    """The most FLOPs the FLOPs-budgeted variants ``points`` ((measured ms, FLOPs ratio)) keep
+    at latency ``ms``: the best variant at most that fast, or, between it and the next slower
+    variant that keeps more, the linear interpolation at ``ms`` (None: none is as fast)."""
+    faster = [(t, f) for t, f in points if t <= ms]
+    if not faster:
+        return None
+    best = max(faster, key=lambda p: p[1])
+    slower = [(t, f) for t, f in points if t > ms and f > best[1]]
+    if not slower:
+        return best[1]
+    t1, f1 = min(slower)
+    return best[1] + (f1 - best[1]) * (ms - best[0]) / (t1 - best[0])
 
 
 def main() -> int:
@@ -151,15 +173,23 @@ def main() -> int:
                 verdicts.append((f"{name} table: {table_seconds:.0f} s "
                                  f"(< {MAX_TABLE_SECONDS[name]} s)",
                                  table_seconds < MAX_TABLE_SECONDS[name]))
-            _, arm_flops, arm_ms = measured[entries[1][0]]
-            for round_to in (1, 16):
-                fast = [(flops, label) for label, (r, flops, ms) in measured.items()
-                        if label.startswith("FLOPs") and r == round_to and ms <= arm_ms]
-                best = max(fast, default=None)
-                print(f"  as fast as the latency arm ({arm_ms:.3f} ms, FLOPs {arm_flops:.3f}), "
-                      f"FLOPs budgets x{round_to} keep "
-                      + (f"FLOPs {best[0]:.3f} at most ({best[1]})" if best
-                         else "none of the sweep"), flush=True)
+            for arm, (_, arm_flops, arm_ms) in measured.items():
+                if not arm.startswith("latency"):
+                    continue
+                method = arm.split()[-1]
+                for round_to in (1, 16):
+                    points = sorted((ms, flops) for label, (r, flops, ms) in measured.items()
+                                    if label.startswith("FLOPs") and label.endswith(method)
+                                    and r == round_to)
+                    at_arm = frontier(points, arm_ms)
+                    print(f"  at the latency of {arm} ({arm_ms:.3f} ms, FLOPs {arm_flops:.3f}), "
+                          f"FLOPs budgets x{round_to} keep " + (
+                              f"FLOPs {at_arm:.3f}" if at_arm is not None
+                              else "? (no variant as fast)"), flush=True)
+                    verdicts.append((
+                        f"{name} {arm}: capacity at equal latency, FLOPs {arm_flops:.3f} "
+                        f"against {at_arm if at_arm is not None else 0:.3f} for FLOPs budgets "
+                        f"x{round_to}", at_arm is None or arm_flops > at_arm))
     print("\n| model | variant | FLOPs ratio | measured ms | latency ratio (of medians) | "
           "predicted ms | prediction error |")
     print("|---|---|---:|---:|---:|---:|---:|")

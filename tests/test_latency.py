@@ -155,6 +155,32 @@ def test_latency_budgets_keep_the_cheap_side_of_the_runtimes_tiles(tmp_path):
     assert {gate.round_to for gate in gates_of(by_hand)} == {8}
 
 
+def test_a_global_threshold_under_a_latency_budget_cuts_where_time_buys_least_computation(
+        tmp_path):
+    # The made-up table charges an operator by its channels whatever its spatial size, so a
+    # channel of the 2x2 stage-3 maps costs the device as much as one of the 8x8 stem maps
+    # for a sixteenth of the FLOPs. An untrained model's |gamma| are all equal: the scores
+    # cannot decide, the device's efficiency does.
+    model = dsa_tf.models.cifar_resnet(8, input_shape=(8, 8, 3))
+    plan = dsa_tf.analyze(model)
+    path = str(tmp_path / "table.json")
+    made_up_table(plan).save(path)
+    trading = dsa_tf.magnitude_allocation(model, 0.6, resource="latency", latency_table=path)
+    one_ratio = dsa_tf.uniform_allocation(model, 0.6, resource="latency", latency_table=path)
+    kept = {name: len(k) / g.channels for (name, k), g in zip(trading.items(), plan.prunable)}
+    assert kept["stem_conv"] == 1.0 and kept["stage1_block1_1_conv"] == 1.0
+    assert kept["stage3_block1_2_conv"] < 0.5  # the stage-3 stream
+    full = dsa_tf.count_flops(model)
+    flops = {name: dsa_tf.count_flops(dsa_tf.strip(model, keep)) / full
+             for name, keep in (("trading", trading), ("one ratio", one_ratio))}
+    assert flops["trading"] > flops["one ratio"] + 0.1
+    assert by_hand(plan, plan.keep_ratios(trading)) <= 0.6 * by_hand(
+        plan, np.ones(len(plan.prunable))) + 1e-9
+    # a FLOPs budget keeps the unweighted order: equal scores give a near-uniform cut
+    flops_keep = dsa_tf.magnitude_allocation(model, 0.6)
+    assert len(flops_keep["stem_conv"]) < 16
+
+
 @KERAS3_ONLY
 def test_dsa_meets_a_latency_budget_and_strip_predicts_what_the_table_says(tmp_path):
     keras = tf.keras

@@ -12,7 +12,8 @@ its L1 penalty on gamma makes comparable; for a model trained without it, import
 divided here by their group's mean (Torch-Pruning's "mean" normaliser), so that the summed
 |gamma| of a residual stage's several BatchNorms and a single conv's filter norms compare as
 "above or below the group's average". The global threshold then rises until the budget holds
-(:mod:`dsa_tf.allocation.global_threshold`).
+(:mod:`dsa_tf.allocation.global_threshold`; under a latency budget each step's score is
+weighted by the FLOPs it removes per millisecond it saves, and the budget is filled).
 
 Example:
     >>> import dsa_tf

@@ -16,7 +16,8 @@ input's exactly. Per batch of ``data`` it takes the gradient of
 the batch's mean loss, in inference mode (BatchNorm moving statistics, no dropout: the network
 as it would be deployed), and sums |dL/dm_i| over ``batches`` batches. The scores are then
 normalised per group and pruned with one global threshold, as in
-:func:`dsa_tf.magnitude_allocation` (:mod:`dsa_tf.allocation.global_threshold`).
+:func:`dsa_tf.magnitude_allocation` (:mod:`dsa_tf.allocation.global_threshold`, which
+weighs steps by their FLOPs per millisecond under a latency budget).
 
 Example:
     >>> import numpy as np, tensorflow as tf, dsa_tf
