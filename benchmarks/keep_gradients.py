@@ -8,9 +8,11 @@ split), every group at the same keep ratio, over ``--batches`` alpha batches eac
 ``--repeats`` fresh Bernoulli masks, and prints per group the mean, the standard deviation per
 batch and their ratio (the signal-to-noise of one Theta step), for each combination of:
 
-* the BatchNorm statistics of the Theta step's forward pass: ``batch`` (training mode, the
-  paper's; ``DSACallback(theta_batch_statistics=True)``) or ``moving`` (inference mode under
-  the sampled masks; ``theta_batch_statistics=False``);
+* the signal (``--signals``): the straight-through gradient with the BatchNorm statistics of
+  the batch (``batch``: training mode, the paper's; ``DSACallback(theta_batch_statistics=True)``)
+  or the moving ones (``moving``: inference mode under the sampled masks;
+  ``theta_batch_statistics=False``), or central differences of the training-mode loss in
+  each group's keep ratio (``differences``: :mod:`dsa_tf.allocation.keep_differences`);
 * the keep ratio every group is set to (``--keep_ratios``; 0.993 is DSA's start, Theta = 5);
 * the steepness beta2 (``--beta2``; 0.05 is DSA's start).
 
@@ -36,12 +38,17 @@ import dsa_tf  # noqa: E402
 from dsa_tf import _keras  # noqa: E402
 from dsa_tf.allocation.gated_model import gates_of, resample_masks  # noqa: E402
 from dsa_tf.allocation.gates import STOCHASTIC  # noqa: E402
+from dsa_tf.allocation.keep_differences import keep_ratio_differences  # noqa: E402
 from dsa_tf.allocation.keep_gradients import keep_ratio_gradients  # noqa: E402
+
+SIGNALS = ("batch", "moving", "differences")
 
 
 def measure(gated: object, batches: list, repeats: int, keep_ratio: float, beta2: float,
-            batch_statistics: bool, loss: object) -> np.ndarray:
-    """dL/dTheta per (batch and mask draw, group), every group at ``keep_ratio``."""
+            signal: str, loss: object) -> np.ndarray:
+    """dL/dTheta per (batch and mask draw, group), every group at ``keep_ratio``, by the
+    ``signal``: "batch" or "moving" (the straight-through gradient with batch or moving
+    BatchNorm statistics) or "differences" (central differences of the loss)."""
     gates = gates_of(gated)
     dsa_tf.set_keep_ratios(gated, {gate.group: keep_ratio for gate in gates})
     for gate in gates:
@@ -50,8 +57,9 @@ def measure(gated: object, batches: list, repeats: int, keep_ratio: float, beta2
     rows = []
     for _, (x, y) in itertools.product(range(repeats), batches):
         resample_masks(gated)
-        rows.append([float(g) for g in keep_ratio_gradients(
-            gated, loss, x, y, batch_statistics=batch_statistics)])
+        grads = (keep_ratio_differences(gated, loss, x, y) if signal == "differences" else
+                 keep_ratio_gradients(gated, loss, x, y, batch_statistics=signal == "batch"))
+        rows.append([float(g) for g in grads])
     return np.array(rows)
 
 
@@ -64,6 +72,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--keep_ratios", type=float, nargs="+", default=[0.993, 0.5])
     parser.add_argument("--beta2", type=float, nargs="+", default=[0.05, 50.0])
+    parser.add_argument("--signals", nargs="+", default=list(SIGNALS), choices=SIGNALS)
     parser.add_argument("--depth", type=int, default=14)
     parser.add_argument("--image_size", type=int, default=16)
     parser.add_argument("--train_examples", type=int, default=10_000)
@@ -84,19 +93,19 @@ def main() -> None:
     groups = [gate.group for gate in gates_of(gated)]
     print(f"{args.arch}, seed {args.seed}: {args.batches} alpha batches x {args.repeats} mask "
           f"draws; dL/dTheta x 1e3 per group ({', '.join(groups)})\n")
-    print("| statistics | keep ratio | beta2 | mean per group | std per batch | SNR per batch "
+    print("| signal | keep ratio | beta2 | mean per group | std per batch | SNR per batch "
           "| largest/smallest |mean| |")
     print("|---|---:|---:|---|---|---|---:|")
-    for batch_statistics, keep_ratio, beta2 in itertools.product(
-            (True, False), args.keep_ratios, args.beta2):
-        grads = measure(gated, batches, args.repeats, keep_ratio, beta2, batch_statistics, loss)
+    for signal, keep_ratio, beta2 in itertools.product(args.signals, args.keep_ratios,
+                                                       args.beta2):
+        grads = measure(gated, batches, args.repeats, keep_ratio, beta2, signal, loss)
         mean, std = grads.mean(axis=0), grads.std(axis=0)
         spread = np.abs(mean).max() / max(np.abs(mean).min(), 1e-30)
 
         def show(values: np.ndarray, scale: float = 1.0) -> str:
             return " ".join(f"{scale * v:.3g}" for v in values)
 
-        print(f"| {'batch' if batch_statistics else 'moving'} | {keep_ratio} | {beta2} | "
+        print(f"| {signal} | {keep_ratio} | {beta2} | "
               f"{show(mean, 1e3)} | {show(std, 1e3)} | "
               f"{show(mean / np.maximum(std, 1e-30))} | {spread:.3g} |", flush=True)
 

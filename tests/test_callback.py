@@ -46,12 +46,13 @@ def _fit(keras, budget, epochs, callbacks=(), gated=None, round_to=1, **callback
 EPOCHS = 20
 
 
-@pytest.mark.parametrize("budget, batch_statistics", [
-    ({"flops": 0.5}, True), ({"params": 0.5}, True), ({"flops": 0.6, "params": 0.4}, True),
-    ({"flops": 0.5}, False)])
-def test_budget_is_reached_and_strip_meets_it(keras, budget, batch_statistics):
+@pytest.mark.parametrize("budget, options", [
+    ({"flops": 0.5}, {}), ({"params": 0.5}, {}), ({"flops": 0.6, "params": 0.4}, {}),
+    ({"flops": 0.5}, {"theta_batch_statistics": False}),
+    ({"flops": 0.5}, {"keep_signal": "differences"})])
+def test_budget_is_reached_and_strip_meets_it(keras, budget, options):
     model = _small_net(keras)
-    gated, history = _fit(keras, budget, EPOCHS, theta_batch_statistics=batch_statistics)
+    gated, history = _fit(keras, budget, EPOCHS, **options)
     assert history["dsa_phase"][0] == 0 and history["dsa_phase"][-1] == 2
     assert history["dsa_completed"][-1] == 0  # the allocation itself met the budget
     assert all(int(g.mode.numpy()) == FROZEN for g in gates_of(gated))
@@ -139,6 +140,13 @@ def test_callback_refuses_a_model_without_gates_and_empty_alpha_data(keras):
     gated.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     with pytest.raises(ValueError, match="no batch"):
         gated.fit(_data(), epochs=1, verbose=0, callbacks=[dsa_tf.DSACallback(_data().take(0))])
+
+
+def test_a_keep_signal_that_does_not_exist_or_does_not_fit_is_refused():
+    with pytest.raises(ValueError, match="keep_signal must be one of"):
+        dsa_tf.DSACallback(_data(16), keep_signal="gradient")
+    with pytest.raises(ValueError, match="theta_batch_statistics=False"):
+        dsa_tf.DSACallback(_data(16), keep_signal="differences", theta_batch_statistics=False)
 
 
 def test_keep_floor_bounds_every_keep_ratio(keras):

@@ -10,6 +10,7 @@ import dsa_tf
 from dsa_tf import _keras
 from dsa_tf.allocation.gated_model import gates_of, resample_masks, sampled_masks
 from dsa_tf.allocation.gates import STOCHASTIC, is_gate
+from dsa_tf.allocation.keep_differences import keep_ratio_differences
 from dsa_tf.allocation.keep_gradients import keep_ratio_gradients
 
 from masking import randomize
@@ -129,6 +130,41 @@ def test_keep_ratio_gets_a_straight_through_gradient(keras):
     # The sum of signed terms cancels; float32 noise is relative to the terms' magnitudes.
     tolerance = 1e-3 * float(np.abs(terms).sum())
     assert float(grads[3]) == pytest.approx(float(terms.sum()), abs=tolerance)
+
+
+def test_loss_differences_give_every_group_a_keep_ratio_signal(keras):
+    """Where the straight-through gradient of the groups behind ReLU -> conv -> BatchNorm
+    vanishes at soft masks, central differences of the loss under the step's noise do not; a
+    group's difference is the loss at its masks for a -+ delta, and the sampled masks stay."""
+    keras.utils.set_random_seed(0)
+    model = dsa_tf.models.cifar_resnet(8, input_shape=(8, 8, 3), keras=keras)
+    gated = dsa_tf.prune_to_budget(model, 0.5)
+    gates = gates_of(gated)
+    for g in gates:
+        g.mode.assign(STOCHASTIC)
+    dsa_tf.set_keep_ratios(gated, {g.group: 0.5 for g in gates})
+    resample_masks(gated)
+    sampled = [g.mask.numpy().copy() for g in gates]
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 8, 8, 3)).astype("float32"), np.arange(16) % 10
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    straight = np.abs([float(g) for g in keep_ratio_gradients(gated, loss, x, y)])
+    differences = [float(d) for d in keep_ratio_differences(gated, loss, x, y, delta=0.25)]
+    for gate, mask in zip(gates, sampled):
+        np.testing.assert_array_equal(gate.mask.numpy(), mask)
+    last = [g.group for g in gates].index("stage3_block1_2_conv")
+    others = np.delete(np.arange(len(gates)), last)
+    assert straight[others].max() < 1e-3 * straight[last]
+    assert np.all(np.abs(differences)[others] > 100 * straight[others])
+    gate = gates[1]
+    low, high = gate.sample(0.25).numpy(), gate.sample(0.75).numpy()
+    assert np.all(high >= low) and high.sum() > low.sum()  # a superset, from the same noise
+    losses = []
+    for mask in (low, high):
+        gate.mask.assign(mask)
+        losses.append(float(loss(y, gated(x, training=True))))
+    gate.mask.assign(sampled[1])
+    assert differences[1] == pytest.approx((losses[1] - losses[0]) / 0.5 * 0.25, rel=1e-3)
 
 
 def test_moving_statistics_give_every_group_a_keep_ratio_gradient(keras):

@@ -41,12 +41,14 @@ from dsa_tf.allocation.gates import (
     PHASE_NAMES,
     STOCHASTIC,
 )
+from dsa_tf.allocation.keep_differences import keep_ratio_differences
 from dsa_tf.allocation.keep_gradients import keep_ratio_gradients, resolve_loss
 from dsa_tf.allocation.resources import ResourceModel
 from dsa_tf.allocation.schedule import FINISH_BY, Schedule, check_settings, plan_schedule
 from dsa_tf.structure.graph import analyze
 
 BN_BATCHES = 32
+KEEP_SIGNALS = ("straight_through", "differences")
 
 
 class DSACallback(_keras.default_keras().callbacks.Callback):
@@ -164,6 +166,13 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
             inference mode under the sampled masks (moving statistics), where the keep-ratio
             gradients of groups behind a BatchNorm do not vanish (see
             :func:`dsa_tf.allocation.keep_gradients.keep_ratio_gradients`).
+        keep_signal: what the Theta steps follow: "straight_through" (default, the paper's
+            straight-through gradient, :func:`dsa_tf.allocation.keep_gradients.
+            keep_ratio_gradients`) or "differences" (central differences of the loss in each
+            group's keep ratio under common random numbers, which see the channels'
+            presence through BatchNorm; two forward passes per group and alpha batch:
+            :mod:`dsa_tf.allocation.keep_differences`; needs
+            ``theta_batch_statistics=True``).
         keep_floor: no group's keep ratio goes below this share of the uniform keep ratio
             (the one ratio for all groups that meets the budget): Theta and z are projected
             onto it after every step. None: no floor (the paper's).
@@ -178,7 +187,7 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
                  rho1: float = admm.RHO1, rho2: float = admm.RHO2,
                  loss_scale: float | None = None, theta_batch_statistics: bool = True,
                  beta2_relative: bool = False, keep_floor: float | None = None,
-                 verbose: int = 1):
+                 keep_signal: str = "straight_through", verbose: int = 1):
         super().__init__()
         check_settings(warmup_epochs, update_every, finish_by)
         if bn_batches < 0:
@@ -199,6 +208,12 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         if keep_floor is not None and not 0 < keep_floor < 1:
             raise ValueError(f"keep_floor must be in (0, 1) or None, got {keep_floor}.")
         self.keep_floor = keep_floor
+        if keep_signal not in KEEP_SIGNALS:
+            raise ValueError(f"keep_signal must be one of {KEEP_SIGNALS}, got {keep_signal!r}.")
+        if keep_signal == "differences" and not self.theta_batch_statistics:
+            raise ValueError("keep_signal='differences' runs the Theta steps in training mode; "
+                             "it cannot be combined with theta_batch_statistics=False.")
+        self.keep_signal = keep_signal
         self.verbose = verbose
         self.schedule: Schedule | None = None
         self._batches = None
@@ -452,8 +467,11 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         in_gates = {id(v) for gate in self.gates for v in gate.weights}
         others = [v for v in self.model.non_trainable_variables if id(v) not in in_gates]
         saved = [tf.identity(tf.convert_to_tensor(v)) for v in others]
-        grads = keep_ratio_gradients(self.model, self._loss_fn, x, y,
-                                     batch_statistics=self.theta_batch_statistics)
+        if self.keep_signal == "differences":
+            grads = keep_ratio_differences(self.model, self._loss_fn, x, y)
+        else:
+            grads = keep_ratio_gradients(self.model, self._loss_fn, x, y,
+                                         batch_statistics=self.theta_batch_statistics)
         with tf.control_dependencies(grads):
             for variable, value in zip(others, saved):
                 variable.assign(value)

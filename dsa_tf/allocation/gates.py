@@ -173,20 +173,22 @@ def make_gate_class(keras: Any) -> type:
             return tf.cond(tf.equal(tf.convert_to_tensor(self.mode), FROZEN),
                            lambda: tf.convert_to_tensor(self.mask), self.top_k_mask)
 
-        def probabilities(self) -> tf.Tensor:
-            """DSA's keep probabilities, differentiable in theta (implicit gradient); with
-            blocks, mean a in every block."""
+        def probabilities(self, keep_ratio: tf.Tensor | None = None) -> tf.Tensor:
+            """DSA's keep probabilities at the current keep ratio (or at ``keep_ratio``),
+            differentiable in theta (implicit gradient); with blocks, mean a in every block."""
             importance = tf.reshape(tf.convert_to_tensor(self.importance), [self.blocks, -1])
+            ratio = self.keep_ratio() if keep_ratio is None else keep_ratio
             return tf.reshape(keep_process.keep_probabilities(
-                importance, self.keep_ratio(), tf.convert_to_tensor(self.beta2),
+                importance, ratio, tf.convert_to_tensor(self.beta2),
                 relative=self.relative_steepness), [self.channels])
 
-        def sample(self) -> tf.Tensor:
-            """A Bernoulli mask drawn from :meth:`probabilities` with noise seeded by ``step``."""
+        def sample(self, keep_ratio: tf.Tensor | None = None) -> tf.Tensor:
+            """A Bernoulli mask drawn from :meth:`probabilities` with noise seeded by ``step``:
+            the same noise at every ``keep_ratio``, so a higher ratio keeps a superset."""
             noise = tf.random.stateless_uniform(
                 [self.channels], seed=tf.stack([tf.constant(self.seed, tf.int64),
                                                 tf.convert_to_tensor(self.step)]))
-            return keep_process.sample_mask(self.probabilities(), noise)
+            return keep_process.sample_mask(self.probabilities(keep_ratio), noise)
 
         def call(self, inputs: Any, positions: list | None = None, index: list | None = None,
                  training: bool | None = None, mask_only: bool = False) -> Any:

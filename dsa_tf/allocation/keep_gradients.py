@@ -60,25 +60,38 @@ def keep_ratio_gradients(model: Any, loss_fn: Any, x: Any, y: Any, *,
     strategy = model.distribute_strategy
     loss_fn = per_example_loss(loss_fn)
     x, y = tf.nest.map_structure(tf.convert_to_tensor, (x, y))
+    check_batch_size(x, strategy)
+    grads = strategy.run(_replica_keep_ratio_gradients,
+                         args=(model, loss_fn, x, y, batch_statistics))
+    return [strategy.experimental_local_results(g)[0] for g in grads]
+
+
+def check_batch_size(x: Any, strategy: Any) -> None:
+    """Raises ValueError if the batch ``x`` has fewer examples than ``strategy`` has
+    replicas (a replica would get none)."""
     size = tf.nest.flatten(x)[0].shape[0]
     if size is not None and size < strategy.num_replicas_in_sync:
         raise ValueError(f"An alpha_data batch of {size} examples cannot be split over "
                          f"{strategy.num_replicas_in_sync} replicas; batch alpha_data with at "
                          f"least one example per replica (drop_remainder=True).")
-    grads = strategy.run(_replica_keep_ratio_gradients,
-                         args=(model, loss_fn, x, y, batch_statistics))
-    return [strategy.experimental_local_results(g)[0] for g in grads]
+
+
+def replica_slice(x: Any, y: Any) -> tuple[Any, Any, tf.Tensor]:
+    """In a replica context: this replica's contiguous slice of the global batch ``(x, y)``
+    and the slice's share of the batch (the weight of its mean loss)."""
+    context = tf.distribute.get_replica_context()
+    size = tf.shape(tf.nest.flatten(x)[0])[0]
+    replica, replicas = context.replica_id_in_sync_group, context.num_replicas_in_sync
+    start, stop = size * replica // replicas, size * (replica + 1) // replicas
+    x, y = tf.nest.map_structure(lambda t: t[start:stop], (x, y))
+    return x, y, tf.cast(stop - start, tf.float32) / tf.cast(size, tf.float32)
 
 
 def _replica_keep_ratio_gradients(model: Any, loss_fn: Any, x: Any, y: Any,
                                   batch_statistics: bool) -> list[tf.Tensor]:
     """This replica's weighted share of :func:`keep_ratio_gradients`, all-reduced."""
     context = tf.distribute.get_replica_context()
-    size = tf.shape(tf.nest.flatten(x)[0])[0]
-    replica, replicas = context.replica_id_in_sync_group, context.num_replicas_in_sync
-    start, stop = size * replica // replicas, size * (replica + 1) // replicas
-    x, y = tf.nest.map_structure(lambda t: t[start:stop], (x, y))
-    share = tf.cast(stop - start, tf.float32) / tf.cast(size, tf.float32)
+    x, y, share = replica_slice(x, y)
     gates = gates_of(model)
     masks = [_keras.tf_variable(gate.mask) for gate in gates]
     with tf.GradientTape() as tape:

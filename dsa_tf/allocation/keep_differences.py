@@ -1,0 +1,89 @@
+"""A keep-ratio signal that sees channels' presence: central differences of the loss.
+
+DSA's straight-through gradient (:func:`dsa_tf.allocation.keep_gradients.keep_ratio_gradients`)
+vanishes for a group whose channels reach the loss through ``ReLU -> convolution ->
+BatchNorm`` while its keep probabilities are nearly equal: the batch statistics undo a common
+scale of its kept channels and a dropped channel's gradient is zero at ReLU's kink. The loss
+itself does see whether channels are there. For every group k this module evaluates the batch
+loss with the group's mask drawn at keep ratios ``a_k - delta`` and ``a_k + delta`` from the
+same noise as the step's mask (common random numbers: the higher ratio keeps a superset, the
+channels between the two are those a slightly larger keep ratio would add), every other group
+at its sampled mask, and returns
+
+    dL/dTheta_k ~ (L(hi) - L(lo)) / (hi - lo) * a_k (1 - a_k),   lo, hi = a_k -+ delta in [0, 1]
+
+in the units of the straight-through gradient, so the ADMM takes either. The forward passes
+run in training mode (BatchNorm with the batch's statistics, as the paper's Theta step); the
+caller restores the moving statistics. It costs two forward passes per group and alpha batch
+(no backward pass).
+
+Example:
+    >>> import numpy as np, tensorflow as tf, dsa_tf
+    >>> from dsa_tf.allocation.gated_model import resample_masks
+    >>> gated = dsa_tf.prune_to_budget(dsa_tf.models.cifar_resnet(8, input_shape=(8, 8, 3)), 0.5)
+    >>> resample_masks(gated)
+    >>> loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    >>> x, y = np.random.rand(4, 8, 8, 3).astype("float32"), np.arange(4)
+    >>> len(keep_ratio_differences(gated, loss, x, y)) == len(dsa_tf.keep_ratios(gated))
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+from dsa_tf.allocation.gated_model import gates_of
+from dsa_tf.allocation.keep_gradients import check_batch_size, per_example_loss, replica_slice
+
+DELTA = 0.05
+
+
+def keep_ratio_differences(model: Any, loss_fn: Any, x: Any, y: Any, *,
+                           delta: float = DELTA) -> list[tf.Tensor]:
+    """dL/dTheta of every gate on one batch, by central differences of the loss (module
+    docstring), on the global batch under a ``tf.distribute`` strategy as
+    :func:`dsa_tf.allocation.keep_gradients.keep_ratio_gradients` does.
+
+    Args:
+        model: a gated model whose gates hold this step's sampled masks.
+        loss_fn: per-example loss ``loss(y_true, y_pred)``.
+        x, y: one alpha batch.
+        delta: half the width of the keep-ratio interval (0 < delta <= 0.5).
+
+    Raises:
+        ValueError: a ``delta`` outside (0, 0.5], or a batch with fewer examples than
+            replicas.
+    """
+    if not 0 < delta <= 0.5:
+        raise ValueError(f"delta must be in (0, 0.5], got {delta}.")
+    strategy = model.distribute_strategy
+    loss_fn = per_example_loss(loss_fn)
+    x, y = tf.nest.map_structure(tf.convert_to_tensor, (x, y))
+    check_batch_size(x, strategy)
+    grads = strategy.run(_replica_differences, args=(model, loss_fn, x, y, float(delta)))
+    return [strategy.experimental_local_results(g)[0] for g in grads]
+
+
+def _replica_differences(model: Any, loss_fn: Any, x: Any, y: Any,
+                         delta: float) -> list[tf.Tensor]:
+    """This replica's weighted share of :func:`keep_ratio_differences`, all-reduced."""
+    x, y, share = replica_slice(x, y)
+
+    def loss() -> tf.Tensor:
+        return share * tf.reduce_mean(loss_fn(y, model(x, training=True)))
+
+    grads = []
+    for gate in gates_of(model):
+        sampled = tf.identity(tf.convert_to_tensor(gate.mask))
+        a = gate.keep_ratio()
+        lo, hi = tf.maximum(a - delta, 0.0), tf.minimum(a + delta, 1.0)
+        losses = []
+        for ratio in (lo, hi):  # variable writes and reads run in program order
+            gate.mask.assign(tf.stop_gradient(gate.sample(ratio)))
+            losses.append(loss())
+        gate.mask.assign(sampled)
+        grads.append((losses[1] - losses[0]) / (hi - lo) * a * (1.0 - a))
+    context = tf.distribute.get_replica_context()
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
