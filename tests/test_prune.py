@@ -132,10 +132,9 @@ def test_keep_ratio_gets_a_straight_through_gradient(keras):
     assert float(grads[3]) == pytest.approx(float(terms.sum()), abs=tolerance)
 
 
-def test_loss_differences_give_every_group_a_keep_ratio_signal(keras):
-    """Where the straight-through gradient of the groups behind ReLU -> conv -> BatchNorm
-    vanishes at soft masks, central differences of the loss under the step's noise do not; a
-    group's difference is the loss at its masks for a -+ delta, and the sampled masks stay."""
+def _allocating_resnet8(keras):
+    """A gated CIFAR ResNet-8 (8x8) in the allocation phase, every group at keep ratio 0.5
+    with sampled masks; its gates, a random batch and a loss."""
     keras.utils.set_random_seed(0)
     model = dsa_tf.models.cifar_resnet(8, input_shape=(8, 8, 3), keras=keras)
     gated = dsa_tf.prune_to_budget(model, 0.5)
@@ -144,10 +143,17 @@ def test_loss_differences_give_every_group_a_keep_ratio_signal(keras):
         g.mode.assign(STOCHASTIC)
     dsa_tf.set_keep_ratios(gated, {g.group: 0.5 for g in gates})
     resample_masks(gated)
-    sampled = [g.mask.numpy().copy() for g in gates]
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(16, 8, 8, 3)).astype("float32"), np.arange(16) % 10
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return gated, gates, x, y, keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def test_loss_differences_give_every_group_a_keep_ratio_signal(keras):
+    """Where the straight-through gradient of the groups behind ReLU -> conv -> BatchNorm
+    vanishes at soft masks, central differences of the loss under the step's noise do not; a
+    group's difference is the loss at its masks for a -+ delta, and the sampled masks stay."""
+    gated, gates, x, y, loss = _allocating_resnet8(keras)
+    sampled = [g.mask.numpy().copy() for g in gates]
     straight = np.abs([float(g) for g in keep_ratio_gradients(gated, loss, x, y)])
     differences = [float(d) for d in keep_ratio_differences(gated, loss, x, y, delta=0.25)]
     for gate, mask in zip(gates, sampled):
@@ -171,17 +177,7 @@ def test_moving_statistics_give_every_group_a_keep_ratio_gradient(keras):
     """With batch statistics the groups behind ReLU -> conv -> BatchNorm get no gradient at
     soft masks; with moving statistics every group does, and it is the straight-through
     estimate of the inference-mode loss under the sampled masks."""
-    keras.utils.set_random_seed(0)
-    model = dsa_tf.models.cifar_resnet(8, input_shape=(8, 8, 3), keras=keras)
-    gated = dsa_tf.prune_to_budget(model, 0.5)
-    gates = gates_of(gated)
-    for g in gates:
-        g.mode.assign(STOCHASTIC)
-    dsa_tf.set_keep_ratios(gated, {g.group: 0.5 for g in gates})
-    resample_masks(gated)
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(16, 8, 8, 3)).astype("float32"), np.arange(16) % 10
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    gated, gates, x, y, loss = _allocating_resnet8(keras)
     batch = np.abs([float(g) for g in keep_ratio_gradients(gated, loss, x, y)])
     moving = np.abs([float(g) for g in keep_ratio_gradients(gated, loss, x, y,
                                                             batch_statistics=False)])

@@ -35,7 +35,7 @@ from typing import Any
 import tensorflow as tf
 
 from dsa_tf.allocation.gated_model import gates_of
-from dsa_tf.allocation.keep_gradients import check_batch_size, per_example_loss, replica_slice
+from dsa_tf.allocation.keep_gradients import on_replicas, replica_slice
 
 DELTA = 0.05
 
@@ -58,12 +58,7 @@ def keep_ratio_differences(model: Any, loss_fn: Any, x: Any, y: Any, *,
     """
     if not 0 < delta <= 0.5:
         raise ValueError(f"delta must be in (0, 0.5], got {delta}.")
-    strategy = model.distribute_strategy
-    loss_fn = per_example_loss(loss_fn)
-    x, y = tf.nest.map_structure(tf.convert_to_tensor, (x, y))
-    check_batch_size(x, strategy)
-    grads = strategy.run(_replica_differences, args=(model, loss_fn, x, y, float(delta)))
-    return [strategy.experimental_local_results(g)[0] for g in grads]
+    return on_replicas(_replica_differences, model, loss_fn, x, y, float(delta))
 
 
 def _replica_differences(model: Any, loss_fn: Any, x: Any, y: Any,

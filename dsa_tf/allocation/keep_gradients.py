@@ -57,23 +57,27 @@ def keep_ratio_gradients(model: Any, loss_fn: Any, x: Any, y: Any, *,
     Raises:
         ValueError: a batch with fewer examples than replicas (a replica would get none).
     """
+    return on_replicas(_replica_keep_ratio_gradients, model, loss_fn, x, y, batch_statistics)
+
+
+def on_replicas(replica_fn: Any, model: Any, loss_fn: Any, x: Any, y: Any,
+                *args: Any) -> list[tf.Tensor]:
+    """``replica_fn(model, per-example loss, x, y, *args)`` on every replica of the model's
+    strategy with the global batch ``(x, y)`` (each replica slices its share with
+    :func:`replica_slice` and all-reduces), returning the first replica's values.
+
+    Raises:
+        ValueError: a batch with fewer examples than replicas (a replica would get none).
+    """
     strategy = model.distribute_strategy
-    loss_fn = per_example_loss(loss_fn)
     x, y = tf.nest.map_structure(tf.convert_to_tensor, (x, y))
-    check_batch_size(x, strategy)
-    grads = strategy.run(_replica_keep_ratio_gradients,
-                         args=(model, loss_fn, x, y, batch_statistics))
-    return [strategy.experimental_local_results(g)[0] for g in grads]
-
-
-def check_batch_size(x: Any, strategy: Any) -> None:
-    """Raises ValueError if the batch ``x`` has fewer examples than ``strategy`` has
-    replicas (a replica would get none)."""
     size = tf.nest.flatten(x)[0].shape[0]
     if size is not None and size < strategy.num_replicas_in_sync:
         raise ValueError(f"An alpha_data batch of {size} examples cannot be split over "
                          f"{strategy.num_replicas_in_sync} replicas; batch alpha_data with at "
                          f"least one example per replica (drop_remainder=True).")
+    values = strategy.run(replica_fn, args=(model, per_example_loss(loss_fn), x, y, *args))
+    return [strategy.experimental_local_results(v)[0] for v in values]
 
 
 def replica_slice(x: Any, y: Any) -> tuple[Any, Any, tf.Tensor]:
