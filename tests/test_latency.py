@@ -14,8 +14,13 @@ from dsa_tf.allocation.report import predicted_latency
 from dsa_tf.allocation.resources import ResourceModel
 from dsa_tf.deploy import profile as profile_module
 from dsa_tf.deploy.latency_model import LatencyModel, fingerprint
-from dsa_tf.deploy.latency_table import LatencyTable, signature_key
-from dsa_tf.deploy.profile import _tflite
+from dsa_tf.deploy.latency_table import (
+    LatencyTable,
+    runtime_version,
+    signature_key,
+    this_device,
+)
+from dsa_tf.deploy.profile import tflite_for_timing
 from dsa_tf.run.config import preset
 from dsa_tf.run.pipeline import build_model, run_pruning
 from dsa_tf.run.report import load_report, summary_table
@@ -29,11 +34,12 @@ from masking import fit_with_dsa
 KERAS3_ONLY = pytest.mark.keras3_only
 
 
-def made_up_table(plan, calibrate=True, tile=1):
+def made_up_table(plan, calibrate=True, tile=1, per_pair=None):
     """A table of ms = 0.01 + n_in * n_out / 1000 on a grid of 1, multiples of 8 and the full
     width, calibrated as fixed 0.5 ms, scale 1 (a known function, to check the model on);
     with ``tile``, channel counts are rounded up to its multiples first (a runtime that
-    computes channels in tiles)."""
+    computes channels in tiles); with ``per_pair(op)``, an operator's ms per input x output
+    channel pair is that instead of 1 / 1000."""
 
     def tiled(n):
         return -(-n // tile) * tile
@@ -46,7 +52,8 @@ def made_up_table(plan, calibrate=True, tile=1):
             {1, *range(8, op.channels_out + 1, 8), op.channels_out})
         table.entries[signature_key(op.signature)] = {
             "channels_in": grid_in, "channels_out": grid_out,
-            "ms": [[0.01 + tiled(i) * tiled(o) / 1000 for o in grid_out] for i in grid_in]}
+            "ms": [[0.01 + tiled(i) * tiled(o) * (per_pair(op) if per_pair else 1e-3)
+                    for o in grid_out] for i in grid_in]}
     if calibrate:
         table.calibrations[fingerprint(plan)] = {"fixed_ms": 0.5, "scale": 1.0, "points": []}
     return table
@@ -155,6 +162,52 @@ def test_latency_budgets_keep_the_cheap_side_of_the_runtimes_tiles(tmp_path):
     assert {gate.round_to for gate in gates_of(by_hand)} == {8}
 
 
+@KERAS3_ONLY
+def test_an_allocation_is_timed_where_its_table_was_measured_and_tightened_if_over(
+        tmp_path, capsys):
+    """A table measured on this device that predicts too little (each operator's time
+    proportional to its FLOPs, less a tenth of the total: a model predicted at half the
+    latency runs slower than half) does not leave the user over the budget: the allocator
+    times what it chose against the unpruned model, allocates again to a tighter
+    prediction, and returns a model that measures within the budget. The same table from
+    another device is used as it is."""
+    model = dsa_tf.models.cifar_resnet(8, input_shape=(64, 64, 3))
+    plan = dsa_tf.analyze(model)
+
+    def flops_per_pair(op):
+        return 2e-6 * np.prod(op.signature["output_shape"]) * np.prod(
+            op.signature.get("kernel_size", 1))
+
+    table = made_up_table(plan, calibrate=False, per_pair=flops_per_pair)
+    operators_sum = LatencyModel(plan, table).predict(np.ones(len(plan.prunable)))
+    table.calibrations[fingerprint(plan)] = {"fixed_ms": -0.1 * operators_sum, "scale": 1.0,
+                                             "points": []}
+    elsewhere, here = str(tmp_path / "elsewhere.json"), str(tmp_path / "here.json")
+    table.save(elsewhere)
+    table.device, table.runtime = this_device(), runtime_version()
+    table.save(here)
+
+    as_predicted = dsa_tf.uniform_allocation(model, 0.5, resource="latency",
+                                             latency_table=elsewhere)
+    assert "measures" not in capsys.readouterr().out  # nothing timed
+    keep = dsa_tf.uniform_allocation(model, 0.5, resource="latency", latency_table=here)
+    printed = capsys.readouterr().out
+    assert "over the budget" in printed and "within the budget" in printed
+
+    resources = ResourceModel(plan, here)
+    counts = [np.array([len(k[g.name]) for g in plan.prunable]) for k in (as_predicted, keep)]
+    predicted = [usage(resources, c, ["latency"])["latency"] for c in counts]
+    assert predicted[1] < predicted[0] <= 0.5
+    paths = [tmp_path / f"{name}.tflite" for name in ("unpruned", "predicted", "timed")]
+    for path, small in zip(paths, (model, dsa_tf.strip(model, as_predicted),
+                                   dsa_tf.strip(model, keep))):
+        path.write_bytes(tflite_for_timing(small, "float32"))
+    full, over, timed = (report.min_ms for report in dsa_tf.compare_tflite_latency(
+        paths, rounds=9, invokes=20))
+    assert over / full > 0.5  # the table's own allocation: over the budget on this device
+    assert timed / full <= 0.5 * 1.05  # (timings repeat within a few percent)
+
+
 def test_a_global_threshold_under_a_latency_budget_cuts_where_time_buys_least_computation(
         tmp_path):
     # The made-up table charges an operator by its channels whatever its spatial size, so a
@@ -236,7 +289,7 @@ def test_without_a_table_one_is_measured_once_and_predicts_within_a_third(tmp_pa
     keep = {g.name: range(8 * int(rng.integers(1, g.channels // 8))) for g in plan.prunable}
     paths = [tmp_path / "unpruned.tflite", tmp_path / "stripped.tflite"]
     for path, small in zip(paths, (model, dsa_tf.strip(model, keep))):
-        path.write_bytes(_tflite(small, "float32"))
+        path.write_bytes(tflite_for_timing(small, "float32"))
     full, pruned = (report.min_ms for report in dsa_tf.compare_tflite_latency(
         paths, rounds=9, invokes=20))
     predicted = resources.latency.predict(plan.keep_ratios(keep))

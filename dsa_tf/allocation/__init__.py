@@ -7,7 +7,8 @@ that runs them inside ``fit`` (``callback``), the per-group report (``report``) 
 a gated model (``gated_strip``). The baseline allocators return kept channels per group
 without training: ``uniform``, ``magnitude`` and ``taylor`` (the last two share the global
 threshold of ``global_threshold``), on the budgets of ``budget`` and the weight-based channel
-importance of ``importance``; ``apply`` freezes a gated model to any such allocation.
+importance of ``importance``, under latency budgets timed on the device by
+``measured_latency``; ``apply`` freezes a gated model to any such allocation.
 
 Imports: ``dsa_tf._keras``, ``dsa_tf.structure``, ``dsa_tf.deploy`` and this wing; never
 ``dsa_tf.run``.

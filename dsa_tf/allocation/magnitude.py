@@ -33,6 +33,7 @@ import numpy as np
 from dsa_tf.allocation.budget import validated_budget
 from dsa_tf.allocation.global_threshold import global_allocation
 from dsa_tf.allocation.importance import channel_importance
+from dsa_tf.allocation.measured_latency import within_measured_latency
 
 
 def magnitude_allocation(model: Any, budget: float | Mapping[str, float], *,
@@ -54,7 +55,10 @@ def magnitude_allocation(model: Any, budget: float | Mapping[str, float], *,
             (default: 1, and for a latency budget each group's step in the latency table,
             8 or 16: see :func:`dsa_tf.allocation.budget.validated_budget`).
         exclude: layer names whose channels stay whole (see :func:`dsa_tf.analyze`).
-        latency_table: for a latency budget, as for :func:`dsa_tf.prune_to_budget`.
+        latency_table: for a latency budget, as for :func:`dsa_tf.prune_to_budget`. With a
+            table measured on this device (the default), the result is timed against
+            the unpruned model and allocated again tighter while it measures over the
+            budget (:mod:`dsa_tf.allocation.measured_latency`; a line per timing).
 
     Returns:
         ``{group_name: sorted kept channel indices}`` for every prunable group, what
@@ -73,6 +77,8 @@ def magnitude_allocation(model: Any, budget: float | Mapping[str, float], *,
     """
     resources, fractions, round_to = validated_budget(
         model, budget, resource, min_channels, round_to, exclude, latency_table)
-    plan = resources.plan
-    return global_allocation(resources, fractions, channel_importance(plan, norm_order=2),
-                             int(min_channels), round_to)
+    scores = channel_importance(resources.plan, norm_order=2)
+    return within_measured_latency(
+        model, budget, resource, resources, fractions,
+        lambda target: global_allocation(resources, target, scores, int(min_channels), round_to),
+        min_channels=int(min_channels), round_to=round_to, exclude=exclude)

@@ -44,6 +44,7 @@ from dsa_tf.allocation.gated_model import gates_of
 from dsa_tf.allocation.gates import FROZEN
 from dsa_tf.allocation.global_threshold import global_allocation
 from dsa_tf.allocation.keep_gradients import resolve_loss
+from dsa_tf.allocation.measured_latency import within_measured_latency
 from dsa_tf.allocation.prune import prune_to_budget
 
 
@@ -71,7 +72,10 @@ def taylor_allocation(model: Any, budget: float | Mapping[str, float], data: Ite
             (default: 1, and for a latency budget each group's step in the latency table,
             8 or 16: see :func:`dsa_tf.allocation.budget.validated_budget`).
         exclude: layer names whose channels stay whole (see :func:`dsa_tf.analyze`).
-        latency_table: for a latency budget, as for :func:`dsa_tf.prune_to_budget`.
+        latency_table: for a latency budget, as for :func:`dsa_tf.prune_to_budget`. With a
+            table measured on this device (the default), the result is timed against
+            the unpruned model and allocated again tighter while it measures over the
+            budget (:mod:`dsa_tf.allocation.measured_latency`; a line per timing).
 
     Returns:
         ``{group_name: sorted kept channel indices}`` for every prunable group, what
@@ -96,7 +100,10 @@ def taylor_allocation(model: Any, budget: float | Mapping[str, float], data: Ite
     loss_fn = resolve_loss(model, loss, "taylor_allocation")
     scores = taylor_importance(prune_to_budget(model, 1.0, exclude=exclude), loss_fn,
                                _first_batches(data, batches))
-    return global_allocation(resources, fractions, scores, int(min_channels), round_to)
+    return within_measured_latency(
+        model, budget, resource, resources, fractions,
+        lambda target: global_allocation(resources, target, scores, int(min_channels), round_to),
+        min_channels=int(min_channels), round_to=round_to, exclude=exclude)
 
 
 def taylor_importance(gated: Any, loss_fn: Any, batches: list) -> dict[str, np.ndarray]:

@@ -27,6 +27,7 @@ import numpy as np
 from dsa_tf.allocation.budget import meets, validated_budget
 from dsa_tf.allocation.importance import channel_importance, top_channels
 from dsa_tf.allocation.keep_process import kept_count
+from dsa_tf.allocation.measured_latency import within_measured_latency
 
 BISECTIONS = 60  # halvings of [0, 1]: far below the spacing of integer channel ratios
 
@@ -48,7 +49,10 @@ def uniform_allocation(model: Any, budget: float | Mapping[str, float], *,
             (default: 1, and for a latency budget each group's step in the latency table,
             8 or 16: see :func:`dsa_tf.allocation.budget.validated_budget`).
         exclude: layer names whose channels stay whole (see :func:`dsa_tf.analyze`).
-        latency_table: for a latency budget, as for :func:`dsa_tf.prune_to_budget`.
+        latency_table: for a latency budget, as for :func:`dsa_tf.prune_to_budget`. With a
+            table measured on this device (the default), the result is timed against
+            the unpruned model and allocated again tighter while it measures over the
+            budget (:mod:`dsa_tf.allocation.measured_latency`; a line per timing).
 
     Returns:
         ``{group_name: sorted kept channel indices}`` for every prunable group, what
@@ -72,12 +76,18 @@ def uniform_allocation(model: Any, budget: float | Mapping[str, float], *,
     def counts(ratio: float) -> np.ndarray:
         return np.asarray(kept_count(ratio, channels, int(min_channels), round_to))
 
-    low, high = 0.0, 1.0  # counts(0), the fewest channels, meets the budget (validated)
-    if meets(resources, fractions, counts(high)):
-        low = high
-    else:
-        for _ in range(BISECTIONS):
-            middle = (low + high) / 2
-            met = meets(resources, fractions, counts(middle))
-            low, high = (middle, high) if met else (low, middle)
-    return top_channels(plan, channel_importance(plan), counts(low))
+    def allocate(target: Mapping[str, float]) -> dict[str, np.ndarray]:
+        low, high = 0.0, 1.0  # counts(0), the fewest channels, meets the budget (validated)
+        if meets(resources, target, counts(high)):
+            low = high
+        else:
+            for _ in range(BISECTIONS):
+                middle = (low + high) / 2
+                met = meets(resources, target, counts(middle))
+                low, high = (middle, high) if met else (low, middle)
+        return top_channels(plan, importance, counts(low))
+
+    importance = channel_importance(plan)
+    return within_measured_latency(model, budget, resource, resources, fractions, allocate,
+                                   min_channels=int(min_channels), round_to=round_to,
+                                   exclude=exclude)

@@ -98,7 +98,8 @@ def profile_latency(model: Any, table: LatencyTable | None = None, *,
             keep = {g.name: range(min(g.channels, max(table.step, round(
                 width * g.channels / table.step) * table.step))) for g in plan.prunable}
             paths.append(os.path.join(directory, f"width_{width}.tflite"))
-            Path(paths[-1]).write_bytes(_tflite(strip(model, keep, exclude=exclude), precision))
+            stripped = strip(model, keep, exclude=exclude)
+            Path(paths[-1]).write_bytes(tflite_for_timing(stripped, precision))
             sums.append(uncalibrated.operator_sum(plan.keep_ratios(keep)))
             if progress:
                 progress(f"latency calibration: whole model at {width:.0%} width exported "
@@ -145,7 +146,9 @@ def cache_dir() -> str:
     return os.path.join(root, "latency")
 
 
-def _tflite(model: Any, precision: str) -> bytes:
+def tflite_for_timing(model: Any, precision: str) -> bytes:
+    """``model`` as a LiteRT flatbuffer in ``precision`` ("float32", or "int8": full-integer,
+    calibrated on random inputs), to time, not to deploy."""
     rng = np.random.default_rng(0)
     inputs = _keras.model_inputs(model)
     batches = [{t.name: rng.normal(size=(1,) + tuple(_keras.shape_of(t)[1:])).astype("float32")
