@@ -63,9 +63,10 @@ def check_strip(model: Any, seed: int = 0, exclude: tuple = ()) -> Any:
 
 
 def fit_with_dsa(gated: Any, examples: int, batch_size: int, epochs: int, lr: float = 0.05,
-                 seed: int = 0) -> np.ndarray:
+                 seed: int = 0, callbacks: list | None = None) -> np.ndarray:
     """Trains a gated classifier (logits) with DSACallback on random data shaped for its
-    input and outputs, every DSA setting at its default; returns the inputs it trained on."""
+    input and outputs, every DSA setting at its default; returns the inputs it trained on
+    (and appends the callback to ``callbacks``, if given)."""
     keras = _keras.keras_of(gated)
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(examples,) + _keras.shape_of(gated.inputs[0])[1:]).astype("float32")
@@ -73,8 +74,10 @@ def fit_with_dsa(gated: Any, examples: int, batch_size: int, epochs: int, lr: fl
     gated.compile(optimizer=keras.optimizers.SGD(lr),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     alpha = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).repeat()
-    gated.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0,
-              callbacks=[dsa_tf.DSACallback(alpha, verbose=0)])
+    callback = dsa_tf.DSACallback(alpha, verbose=0)
+    if callbacks is not None:
+        callbacks.append(callback)
+    gated.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, callbacks=[callback])
     return x
 
 

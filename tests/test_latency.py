@@ -236,13 +236,27 @@ def test_a_global_threshold_under_a_latency_budget_cuts_where_time_buys_least_co
 
 @KERAS3_ONLY
 def test_dsa_meets_a_latency_budget_and_strip_predicts_what_the_table_says(tmp_path):
+    """... and the frozen allocation is timed on this device when the table says it was
+    measured here (the made-up table claims it): the measurement is recorded beside the
+    budget, and a measurement over the budget warns."""
     keras = tf.keras
     model = dsa_tf.models.cifar_resnet(8, num_classes=3, input_shape=(8, 8, 3), keras=keras)
     plan = dsa_tf.analyze(model)
     path = str(tmp_path / "table.json")
-    made_up_table(plan).save(path)
+    table = made_up_table(plan)
+    table.device, table.runtime = this_device(), runtime_version()
+    table.save(path)
     gated = dsa_tf.prune_to_budget(model, 0.5, resource="latency", latency_table=path)
-    fit_with_dsa(gated, examples=128, batch_size=16, epochs=8)
+    callback = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit_with_dsa(gated, examples=128, batch_size=16, epochs=8, callbacks=callback)
+    measured = callback[0].measured_latency
+    assert 0 < measured["stripped_ms"] < measured["unpruned_ms"]
+    assert measured["ratio"] == pytest.approx(measured["stripped_ms"] / measured["unpruned_ms"])
+    assert measured["budget"] == 0.5
+    over = [w for w in caught if "measures" in str(w.message)]
+    assert bool(over) == (measured["ratio"] > 0.5)
     status = dsa_tf.budget_status(gated)
     assert status["met"] and status["frozen_by"] == "allocation", status
     predicted = predicted_latency(gated)

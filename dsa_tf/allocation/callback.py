@@ -43,8 +43,10 @@ from dsa_tf.allocation.gates import (
 )
 from dsa_tf.allocation.keep_differences import keep_ratio_differences
 from dsa_tf.allocation.keep_gradients import keep_ratio_gradients, resolve_loss
+from dsa_tf.allocation.measured_latency import measured_here, time_against_unpruned
 from dsa_tf.allocation.resources import ResourceModel
 from dsa_tf.allocation.schedule import FINISH_BY, Schedule, check_settings, plan_schedule
+from dsa_tf.deploy.latency_table import LatencyTable
 from dsa_tf.structure.graph import analyze
 
 BN_BATCHES = 32
@@ -96,7 +98,11 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
     The epoch logs then show ``dsa_completed`` = 1, :func:`dsa_tf.budget_status` reports it,
     and the remaining steps fine-tune. ``finish_by=None`` lets the allocation run on across
     several ``fit`` calls instead (a warning at the end of each fit says the budget is not
-    met yet, and :func:`dsa_tf.strip` warns on an over-budget model).
+    met yet, and :func:`dsa_tf.strip` warns on an over-budget model). Under a latency budget
+    whose table was measured on this device (the default when no table is given), the frozen
+    allocation is also timed against the unpruned network on the device: ``measured_latency``
+    holds the result (``unpruned_ms``, ``stripped_ms``, ``ratio``, ``budget``), and a
+    measurement over the budget warns (the table's prediction is what the ADMM met).
 
     The epoch logs (progress bar, History, CSVLogger) get ``dsa_phase`` (0 warm-up,
     1 allocation, 2 fine-tuning), ``dsa_beta2``, ``dsa_admm_iterations``, ``dsa_completed``
@@ -220,6 +226,7 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         self._epoch = 0
         self._steps_per_epoch: int | None = None
         self.keep_ratio_trace: list[tuple[int, dict[str, float]]] = []
+        self.measured_latency: dict[str, float] | None = None
 
     # ----------------------------------------------------------------- set-up
     def on_train_begin(self, logs: dict | None = None) -> None:
@@ -414,6 +421,32 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         how = "budget met" if frozen_by == BY_ALLOCATION else "allocation completed"
         self._say(f"{how} after {int(self.gates[0].admm_step.numpy())} ADMM iterations "
                   f"({summary}); masks frozen, fine-tuning")
+        if "latency" in self.resources:
+            self._time_latency()
+
+    def _time_latency(self) -> None:
+        """Under a latency budget whose table was measured on this device: times the frozen
+        allocation's stripped model against the unpruned network
+        (:func:`dsa_tf.allocation.measured_latency.time_against_unpruned`), records it in
+        ``measured_latency``, says it, and warns if it measures over the budget (the widths
+        stay: the weights are trained for them)."""
+        table = LatencyTable.load(self.gates[0].latency_table)
+        if not measured_here(table):
+            return
+        full_ms, ms = time_against_unpruned(self.model, table)
+        budget = self.gates[0].budget["latency"]
+        self.measured_latency = {"unpruned_ms": full_ms, "stripped_ms": ms,
+                                 "ratio": ms / full_ms, "budget": budget}
+        self._say(f"the allocation measures {ms:.3f} ms on this device, {ms / full_ms:.3f}x "
+                  f"the unpruned network's {full_ms:.3f} ms (latency budget {budget:.3f})")
+        if ms / full_ms > budget:
+            warnings.warn(
+                f"DSACallback: the allocation meets the latency budget as the table predicts "
+                f"it, but measures {ms / full_ms:.3f}x the unpruned network's latency on this "
+                f"device, over the budget's {budget:.3f}. Timings vary with the machine's "
+                f"load; if it repeats, prune again with a lower budget, or use a baseline "
+                f"allocator, which re-allocates until the measurement meets the budget.",
+                stacklevel=2)
 
     def _complete(self, when: str) -> None:
         """Meets the budget now: lowers every keep-ratio logit by the smallest common shift

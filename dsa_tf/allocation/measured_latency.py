@@ -93,10 +93,8 @@ def within_measured_latency(model: Any, budget: float | Mapping[str, float], res
     with tempfile.TemporaryDirectory() as directory:
         unpruned = _export(model, table.precision, directory, "unpruned")
         for attempt in range(1, TRIES + 1):
-            stripped = _export(strip(model, keep, exclude=exclude), table.precision, directory,
-                               f"try_{attempt}")
-            full_ms, ms = (report.min_ms for report in compare_tflite_latency(
-                [unpruned, stripped], threads=table.threads, rounds=ROUNDS, invokes=INVOKES))
+            full_ms, ms = _time(table, unpruned, _export(
+                strip(model, keep, exclude=exclude), table.precision, directory, f"try_{attempt}"))
             limit = fractions["latency"] if latency_ms is None else latency_ms / full_ms
             met = ms / full_ms <= limit
             if progress:
@@ -121,6 +119,21 @@ def within_measured_latency(model: Any, budget: float | Mapping[str, float], res
                   f"Timings vary with the machine's load: measure on a quiet machine, or give "
                   f"a lower budget.", stacklevel=3)
     return keep
+
+
+def time_against_unpruned(gated: Any, table: LatencyTable) -> tuple[float, float]:
+    """The measured latency in ms of ``gated``'s unpruned network and of its stripped model
+    (what its gates keep), side by side on this device with ``table``'s precision and
+    threads."""
+    with tempfile.TemporaryDirectory() as directory:
+        return _time(table, _export(strip(gated, keep={}), table.precision, directory, "full"),
+                     _export(strip(gated), table.precision, directory, "stripped"))
+
+
+def _time(table: LatencyTable, unpruned: str, stripped: str) -> tuple[float, float]:
+    full, small = compare_tflite_latency([unpruned, stripped], threads=table.threads,
+                                         rounds=ROUNDS, invokes=INVOKES)
+    return full.min_ms, small.min_ms
 
 
 def _next_target(tried: list[tuple[float, float]], aim: float) -> float:
