@@ -13,7 +13,10 @@ script:
    threshold on the filters' norms, each step weighted by the FLOPs it removes per
    millisecond it saves, which trades between groups); kept counts are multiples
    of each group's step in the table (8, or 16 where the measured times show tiles of 16;
-   the script prints how many groups step by each);
+   the script prints how many groups step by each). The table being measured here, each
+   allocator times its result against the unpruned model and allocates again while it
+   measures over the budget (:mod:`dsa_tf.allocation.measured_latency`; its lines are
+   printed);
 3. builds FLOPs-budgeted comparisons with the same allocator as each latency arm: at the
    FLOPs the arm kept and a sweep of lower FLOPs budgets, with ``round_to`` 1 (the default of
    a FLOPs budget) and 16 (rounding by hand, as BENCHMARKS.md "LiteRT latency" did), to find
@@ -31,7 +34,7 @@ and ResNet-56's table takes under 3 minutes; and capacity at equal latency: the 
 FLOPs than the FLOPs budgets of the same allocator (either rounding) keep at its measured
 latency (:func:`frontier`: the best variant as fast, interpolated towards the next slower one).
 
-Run from the repository root (about 30 minutes on 2 CPU cores, most of it MobileNetV2):
+Run from the repository root (about 40 minutes on 2 CPU cores, most of it MobileNetV2):
 
     .venv/bin/python benchmarks/latency_budget.py
     .venv/bin/python benchmarks/latency_budget.py --models resnet56 --rounds 21

@@ -3,8 +3,10 @@
 A latency table predicts; the device decides. An allocator that searches the table's
 predictions for cheap configurations also finds the configurations whose predictions are
 optimistic: on MobileNetV2 (224x224, float32, 1 thread) the magnitude allocation the table
-predicted at 0.498 of the unpruned latency measured 0.520x, while hand-rounded FLOPs budgets
-ran faster than predicted (BENCHMARKS.md "Latency budgets"). So when the table was measured
+predicted at half the unpruned latency measured 0.520x with one table and 0.568x with
+another measured later the same day, while hand-rounded FLOPs budgets ran faster than
+predicted; allocated again from the measurement, 0.480x (BENCHMARKS.md "Latency budgets").
+So when the table was measured
 on this device (same device and runtime: the table a latency budget measures and caches by
 default, :func:`dsa_tf.deploy.profile.cached_table`), the baseline allocators time what they
 chose: the stripped model and the unpruned one as LiteRT models side by side
