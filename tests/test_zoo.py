@@ -3,7 +3,7 @@ exact resource prediction.
 
 The constructors are discovered in the installed Keras, not listed by hand. One representative
 of each family runs in the normal suite, under one flavour: the families Keras 3 lacks and
-the six of ``TF_KERAS_RUNS`` under tf_keras, the others under Keras 3 (``make test`` runs the
+the five of ``TF_KERAS_RUNS`` under tf_keras, the others under Keras 3 (``make test`` runs the
 two flavours side by side, and Keras 3's run, with its tf.distribute and latency tests, is the
 longer one); small models test both flavours' layers. ``make zoo`` (``pytest -m zoo``) runs
 every constructor under both flavours.
@@ -31,10 +31,11 @@ INPUT_SIZE = {"InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71}
 # The families only tf_keras has.
 TF_KERAS_ONLY = ("RegNetX", "RegNetY", "ResNetRS")
 
-# Families whose representative the normal suite runs under tf_keras (about 2.5 minutes of
-# Keras 3's run here: DenseNet121 41 s, InceptionResNetV2 36 s, NASNetMobile 31 s).
-TF_KERAS_RUNS = TF_KERAS_ONLY + ("DenseNet", "InceptionResNetV2", "InceptionV3", "NASNet",
-                                 "ResNetV2", "Xception")
+# Families whose representative the normal suite runs under tf_keras, to balance the two
+# flavours' runs (measured in one CI run here: these five take 103 s under Keras 3, 177 s
+# under tf_keras; DenseNet121, 41 s against 91 s, stays with Keras 3).
+TF_KERAS_RUNS = TF_KERAS_ONLY + ("InceptionResNetV2", "InceptionV3", "NASNet", "ResNetV2",
+                                 "Xception")
 
 # The member of each family that runs in the normal suite.
 REPRESENTATIVE = {
