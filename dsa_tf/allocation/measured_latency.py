@@ -67,7 +67,7 @@ def within_measured_latency(model: Any, budget: float | Mapping[str, float], res
     """``allocate(fractions)``, checked by timing under a latency budget (see the module).
 
     Args:
-        model: the full-width plain model being allocated (not changed).
+        model: the model being allocated, plain or gated (not changed).
         budget, resource: the budget as the user gave it (a relative latency budget is
             checked against the unpruned model's measured latency, one in milliseconds
             against the clock).
@@ -93,7 +93,8 @@ def within_measured_latency(model: Any, budget: float | Mapping[str, float], res
     reachable = usage(resources, fewest, ["latency"])["latency"]
     target, tried = dict(fractions), []
     with tempfile.TemporaryDirectory() as directory:
-        unpruned = _export(model, table.precision, directory, "unpruned")
+        unpruned = _export(strip(model, keep={}, exclude=exclude), table.precision, directory,
+                           "unpruned")  # without gates, if ``model`` is gated
         for attempt in range(1, TRIES + 1):
             full_ms, ms = _time(table, unpruned, _export(
                 strip(model, keep, exclude=exclude), table.precision, directory, f"try_{attempt}"))
