@@ -106,8 +106,8 @@ def within_measured_latency(model: Any, budget: float | Mapping[str, float], res
                          f"{'within' if met else 'over'} the budget's {limit:.3f}x)")
             if met:
                 return keep
-            counts = np.array([len(keep[g.name]) for g in resources.plan.prunable])
-            tried.append((usage(resources, counts, ["latency"])["latency"], ms / full_ms))
+            predicted = resources.fractions(resources.plan.keep_ratios(keep), ["latency"])
+            tried.append((predicted["latency"], ms / full_ms))
             tighter = max(reachable, _next_target(tried, AIM * limit))
             if attempt == TRIES or tighter >= tried[-1][0]:
                 break
