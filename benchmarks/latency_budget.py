@@ -20,7 +20,8 @@ script:
 3. builds FLOPs-budgeted comparisons with the same allocator as each latency arm: at the
    FLOPs the arm kept and a sweep of lower FLOPs budgets, with ``round_to`` 1 (the default of
    a FLOPs budget) and 16 (rounding by hand, as BENCHMARKS.md "LiteRT latency" did), to find
-   the FLOPs a FLOPs budget has to give up to be as fast as the latency arm;
+   the FLOPs a FLOPs budget has to give up to be as fast as the latency arm (where a budget
+   is below what a rounding reaches, the fewest channels that rounding allows: "fewest");
 4. exports every variant and the unpruned model to float32 ``.tflite`` (verified) and times
    them side by side in one ``dsa_tf.compare_tflite_latency`` run (interleaved rounds, each
    the minimum of ``--invokes`` invokes; a model's latency is its fastest of ``--rounds``
@@ -54,6 +55,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 import dsa_tf  # noqa: E402
+from dsa_tf.allocation.budget import fewest_counts  # noqa: E402
 from dsa_tf.deploy.latency_model import LatencyModel  # noqa: E402
 from dsa_tf.deploy.profile import profile_latency  # noqa: E402
 
@@ -77,7 +79,10 @@ def flops_ratio(model: Any, keep: dict) -> float:
 def variants(model: Any, table_path: str, budget: float) -> list[tuple[str, int, dict]]:
     """(label, round_to, keep) of the latency arms (round_to 0: the table's steps) and, for
     each allocator, of the FLOPs-budgeted comparisons with the same allocator: at the FLOPs
-    its latency arm kept and below, with round_to 1 and 16."""
+    its latency arm kept and below, with round_to 1 and 16; where a FLOPs budget is below
+    what a rounding reaches, the fewest channels it allows instead (every allocator's only
+    answer at that rounding's smallest FLOPs)."""
+    plan = dsa_tf.analyze(model)
     result = []
     for allocate in (dsa_tf.uniform_allocation, dsa_tf.magnitude_allocation):
         method = allocate.__name__.split("_")[0]
@@ -85,14 +90,21 @@ def variants(model: Any, table_path: str, budget: float) -> list[tuple[str, int,
         result.append((f"latency {budget:.0%} {method}", 0, keep))
         kept_flops = flops_ratio(model, keep)
         for round_to in (1, 16):
+            unreachable = False
             for share in SWEEP:
                 target = share * kept_flops
                 try:
                     keep = allocate(model, target, round_to=round_to)
                 except ValueError as error:  # below what this rounding reaches
                     print(f"  FLOPs {target:.3f} x{round_to} {method}: {error}")
+                    unreachable = True
                     continue
                 result.append((f"FLOPs {target:.3f} x{round_to} {method}", round_to, keep))
+            if unreachable:
+                fewest = fewest_counts(plan, 1, round_to)
+                keep = {g.name: np.arange(n) for g, n in zip(plan.prunable, fewest)}
+                result.append((f"FLOPs {flops_ratio(model, keep):.3f} x{round_to} fewest "
+                               f"{method}", round_to, keep))
     return result
 
 

@@ -66,6 +66,32 @@ def test_budget_is_reached_and_strip_meets_it(keras, budget, options):
     np.testing.assert_allclose(small(x), gated(x, training=False), rtol=1e-4, atol=1e-4)
 
 
+def test_top_k_weight_masks_train_the_network_the_allocation_would_end_with(keras):
+    """With weight_masks="top_k" every weight step of the allocation runs under each group's
+    hard mask at its current keep ratio (with the default, the sampled masks differ from it);
+    the budget is still met by the allocation."""
+    seen = []
+
+    class Record(keras.callbacks.Callback):  # runs after DSACallback's hooks
+        def on_train_batch_begin(self, batch, logs=None):
+            gates = gates_of(self.model)
+            if int(gates[0].mode.numpy()) == STOCHASTIC:
+                seen.append(all(np.array_equal(g.mask.numpy(), g.top_k_mask().numpy())
+                                for g in gates))
+
+    with pytest.warns(UserWarning, match="budget not met yet"):
+        _fit(keras, 0.5, 2, callbacks=[Record()])  # one epoch of allocation, sampled masks
+    assert len(seen) == 8 and not all(seen)
+    seen.clear()
+    model = _small_net(keras)
+    gated, history = _fit(keras, 0.5, EPOCHS, callbacks=[Record()], weight_masks="top_k")
+    assert len(seen) > 8 and all(seen)
+    assert history["dsa_phase"][-1] == 2 and history["dsa_completed"][-1] == 0
+    assert dsa_tf.count_flops(dsa_tf.strip(gated)) / dsa_tf.count_flops(model) <= 0.5
+    with pytest.raises(ValueError, match="weight_masks must be one of"):
+        dsa_tf.DSACallback(_data(16), weight_masks="hard")
+
+
 def test_keep_ratio_trace_records_every_iteration(keras):
     gated = dsa_tf.prune_to_budget(_small_net(keras), 0.5, seed=1)
     gated.compile(keras.optimizers.SGD(0.05, momentum=0.9),

@@ -51,6 +51,7 @@ from dsa_tf.structure.graph import analyze
 
 BN_BATCHES = 32
 KEEP_SIGNALS = ("straight_through", "differences")
+WEIGHT_MASKS = ("sampled", "top_k")
 
 
 class DSACallback(_keras.default_keras().callbacks.Callback):
@@ -182,6 +183,10 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         keep_floor: no group's keep ratio goes below this share of the uniform keep ratio
             (the one ratio for all groups that meets the budget): Theta and z are projected
             onto it after every step. None: no floor (the paper's).
+        weight_masks: the masks the weight steps of the allocation train under: "sampled"
+            (default, the paper's: each step's Bernoulli masks) or "top_k" (each group's hard
+            mask at its current keep ratio, the network the allocation would end with now;
+            the Theta steps still see the sampled masks).
         verbose: 1 prints the schedule and a line at every phase change.
     """
 
@@ -193,7 +198,8 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
                  rho1: float = admm.RHO1, rho2: float = admm.RHO2,
                  loss_scale: float | None = None, theta_batch_statistics: bool = True,
                  beta2_relative: bool = False, keep_floor: float | None = None,
-                 keep_signal: str = "straight_through", verbose: int = 1):
+                 keep_signal: str = "straight_through", weight_masks: str = "sampled",
+                 verbose: int = 1):
         super().__init__()
         check_settings(warmup_epochs, update_every, finish_by)
         if bn_batches < 0:
@@ -220,6 +226,9 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
             raise ValueError("keep_signal='differences' runs the Theta steps in training mode; "
                              "it cannot be combined with theta_batch_statistics=False.")
         self.keep_signal = keep_signal
+        if weight_masks not in WEIGHT_MASKS:
+            raise ValueError(f"weight_masks must be one of {WEIGHT_MASKS}, got {weight_masks!r}.")
+        self.weight_masks = weight_masks
         self.verbose = verbose
         self.schedule: Schedule | None = None
         self._batches = None
@@ -251,6 +260,8 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         if getattr(self, "_traced_for", None) is not model:  # trace once per model
             self._update = tf.function(self._admm_update)
             self._resample = tf.function(lambda: resample_masks(self.model))
+            self._top_k = tf.function(lambda: [g.mask.assign(g.top_k_mask()) for g in self.gates])
+            self._sampled = tf.function(lambda: [g.mask.assign(g.sample()) for g in self.gates])
             self._traced_for = model
         if self._phase() == OPEN and self.gates[0].admm_step.numpy() == 0:
             for gate in self.gates:
@@ -332,6 +343,8 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
             self._say(f"allocation starts at epoch {self._epoch + 1}, step {batch + 1}")
         if self._phase() == STOCHASTIC:
             self._resample()
+            if self.weight_masks == "top_k":
+                self._top_k()
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._seen = max(self._seen, batch + 1)
@@ -342,6 +355,8 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         if self._phase() != STOCHASTIC or self.schedule is None:
             return
         if int(self.gates[0].step.numpy()) % self.schedule.update_every == 0:
+            if self.weight_masks == "top_k":
+                self._sampled()  # the step's sampled masks again (same noise)
             for i in range(self.schedule.iterations_per_update):
                 if i:  # each iteration of an update on its own mask sample
                     self._resample()
