@@ -15,7 +15,7 @@ script:
    of each group's step in the table (8, or 16 where the measured times show tiles of 16;
    the script prints how many groups step by each). The table being measured here, each
    allocator times its result against the unpruned model and allocates again while it
-   measures over the budget or more than 3% under it
+   measures over 97% of the budget or under 93% of it
    (:mod:`dsa_tf.allocation.measured_latency`; its lines are printed);
 3. builds FLOPs-budgeted comparisons with the same allocator as each latency arm: at the
    FLOPs the arm kept and a sweep of lower FLOPs budgets, with ``round_to`` 1 (the default of

@@ -194,7 +194,7 @@ def test_an_allocation_is_timed_where_its_table_was_measured_and_moved_to_the_bu
         keeps[f"{error} timed"] = dsa_tf.magnitude_allocation(
             model, 0.6, resource="latency", latency_table=here)
         printed[error] = capsys.readouterr().out
-    assert "over the budget" in printed["optimistic"] and "tighter" in printed["optimistic"]
+    assert "tighter" in printed["optimistic"]
     assert "looser" in printed["pessimistic"]
 
     resources = ResourceModel(plan, here)  # predictions compared within one table

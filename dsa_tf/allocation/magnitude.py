@@ -57,9 +57,8 @@ def magnitude_allocation(model: Any, budget: float | Mapping[str, float], *,
         exclude: layer names whose channels stay whole (see :func:`dsa_tf.analyze`).
         latency_table: for a latency budget, as for :func:`dsa_tf.prune_to_budget`. With a
             table measured on this device (the default), the result is timed against
-            the unpruned model and allocated again, tighter while it measures over the
-            budget, looser while more than 3% under it
-            (:mod:`dsa_tf.allocation.measured_latency`; a line per timing).
+            the unpruned model and allocated again until it measures 93-97% of the
+            budget (:mod:`dsa_tf.allocation.measured_latency`; a line per timing).
 
     Returns:
         ``{group_name: sorted kept channel indices}`` for every prunable group, what

@@ -10,18 +10,19 @@ So when the table was measured on this device (same device and runtime: the tabl
 budget measures and caches by default, :func:`dsa_tf.deploy.profile.cached_table`), the
 baseline allocators time what they chose: the stripped model and the unpruned one as LiteRT
 models side by side (:func:`dsa_tf.compare_tflite_latency`, interleaved rounds, each model's
-fastest round, with the table's precision and threads). Where the measurement is over the
-budget, they allocate again to a tighter prediction; where it is more than 3% under
-(:data:`CLOSE`), to a looser one, so that the latency the user gave buys capacity rather
-than being left unused (a ResNet-56 allocated to half its latency measured 0.442x:
-BENCHMARKS.md "Latency budgets"). The next prediction is the last one scaled by its measured
-error, then along the line through the last two timings, always between the largest
-prediction measured within the budget and the smallest measured over it; up to :data:`TRIES`
-allocations. The result is the allocation measured within the budget and closest to it;
-where none was, the fastest, with a warning. A table from another device is used as it is
-(its predictions are all there is), and so is DSA's allocation, which the gates learn during
-training against the prediction (the run report shows its measured latency beside the
-predicted one).
+fastest round, with the table's precision and threads). An allocation is kept when it
+measures between 93% and 97% of the budget (:data:`CLOSE`, :data:`MARGIN`: a margin for
+timing noise). Over 97%, they allocate again to a tighter prediction; under 93%, to a looser
+one, so that the latency the user gave buys capacity rather than being left unused (a
+ResNet-56 allocated to half its latency measured 0.442x: BENCHMARKS.md "Latency budgets").
+The next prediction aims at 95% (:data:`AIM`): the last one scaled by its measured error,
+then along the line through the last two timings, always between the largest prediction
+measured within the margin and the smallest measured over it; up to :data:`TRIES`
+allocations. The result is the allocation measured within the margin and closest to it;
+where none was, the fastest, with a warning if it is over the budget itself. A table from
+another device is used as it is (its predictions are all there is), and so is DSA's
+allocation, which the gates learn during training against the prediction (the run report
+shows its measured latency beside the predicted one).
 
 A relative budget is checked against the unpruned model's measured latency, an absolute one
 (milliseconds) against the clock.
@@ -52,8 +53,11 @@ from dsa_tf.deploy.profile import tflite_for_timing
 from dsa_tf.deploy.timing import compare_tflite_latency
 
 TRIES = 4  # allocations at most: the first, and three moved by the measurements
-AIM = 0.99  # later allocations aim 1% under the budget: one timing repeats within about 1.5%
-CLOSE = 0.97  # a measurement within 3% under the budget is kept: closer is timing noise
+# An allocation is kept when it measures within MARGIN of the budget and at least CLOSE of
+# it; later allocations aim at AIM. The margin is for timing noise: on a 2-core VM one
+# MobileNetV2 allocation measured 0.498x in its check and 0.530x in a later run of the
+# benchmark (BENCHMARKS.md "Latency budgets").
+MARGIN, AIM, CLOSE = 0.97, 0.95, 0.93
 ROUNDS, INVOKES = 15, 30  # per check, as benchmarks/latency_budget.py times: 450 invokes of each
 
 
@@ -105,19 +109,21 @@ def within_measured_latency(model: Any, budget: float | Mapping[str, float], res
             full_ms, ms = _time(table, unpruned, _export(
                 strip(model, keep, exclude=exclude), table.precision, directory, f"try_{attempt}"))
             limit = fractions["latency"] if latency_ms is None else latency_ms / full_ms
+            cap = MARGIN * limit
             predicted = resources.fractions(resources.plan.keep_ratios(keep), ["latency"])
             tried.append((predicted["latency"], ms / full_ms, keep))
             if progress:
                 progress(f"latency: the allocation measures {ms:.3f} ms, {ms / full_ms:.3f}x "
                          f"the unpruned model's {full_ms:.3f} ms on this device ("
-                         f"{'within' if ms / full_ms <= limit else 'over'} the budget's "
-                         f"{limit:.3f}x)")
-            if CLOSE * limit <= ms / full_ms <= limit or attempt == TRIES:
+                         f"{'within' if ms / full_ms <= cap else 'over'} {cap:.3f}x: the "
+                         f"budget's {limit:.3f}x less a {1 - MARGIN:.0%} margin for timing "
+                         f"noise)")
+            if CLOSE * limit <= ms / full_ms <= cap or attempt == TRIES:
                 break
-            moved = float(np.clip(_next_target([t[:2] for t in tried], limit), reachable, 1.0))
+            moved = float(np.clip(_next_target([t[:2] for t in tried], cap), reachable, 1.0))
             if progress:
                 progress(f"latency: allocating again to {moved:.3f} of the predicted latency, "
-                         f"{'tighter' if ms / full_ms > limit else 'looser'} (attempt "
+                         f"{'tighter' if ms / full_ms > cap else 'looser'} (attempt "
                          f"{attempt + 1} of {TRIES})")
             keep = allocate({**fractions, "latency": moved})
             if any(_same(keep, before) for *_, before in tried):
@@ -125,10 +131,12 @@ def within_measured_latency(model: Any, budget: float | Mapping[str, float], res
                     progress("latency: the same allocation as one measured before: the "
                              "allocator's steps allow nothing in between")
                 break
-    within = [t for t in tried if t[1] <= limit]
+    within = [t for t in tried if t[1] <= cap]
     if within:
         return max(within, key=lambda t: t[1])[2]
     fastest = min(tried, key=lambda t: t[1])
+    if fastest[1] <= limit:
+        return fastest[2]  # within the budget, if not its margin
     warnings.warn(f"The allocation measures {fastest[1]:.3f}x the unpruned model's latency "
                   f"on this device, over the budget's {limit:.3f}x, after {len(tried)} "
                   f"allocation(s) (the smallest reachable prediction is {reachable:.3f}). "
@@ -152,14 +160,14 @@ def _time(table: LatencyTable, unpruned: str, stripped: str) -> tuple[float, flo
     return full.min_ms, small.min_ms
 
 
-def _next_target(tried: list[tuple[float, float]], limit: float) -> float:
+def _next_target(tried: list[tuple[float, float]], cap: float) -> float:
     """The predicted-latency budget to allocate to next, from the ``(predicted, measured)``
-    latency pairs of the allocations tried so far, aiming at ``AIM * limit``: the last
+    latency pairs of the allocations tried so far, aiming at ``AIM / MARGIN * cap``: the last
     prediction scaled by the measured error, or, from the second try on, the line through
     the last two pairs where it agrees in direction (a prediction off by a fixed amount as
     well as a factor), moving at most twice as far as the scaling; and strictly between the
-    largest prediction measured within ``limit`` and the smallest measured over it."""
-    aim = AIM * limit
+    largest prediction measured within ``cap`` and the smallest measured over it."""
+    aim = AIM / MARGIN * cap
     predicted, measured = tried[-1]
     scaled = predicted * aim / measured - predicted
     step = scaled
@@ -170,8 +178,8 @@ def _next_target(tried: list[tuple[float, float]], limit: float) -> float:
             if secant * scaled > 0:  # timings close together extrapolate far: clamped
                 step = float(np.sign(secant)) * min(abs(secant), 2 * abs(scaled))
     target = predicted + step
-    low = max((p for p, m in tried if m <= limit), default=0.0)
-    high = min((p for p, m in tried if m > limit), default=np.inf)
+    low = max((p for p, m in tried if m <= cap), default=0.0)
+    high = min((p for p, m in tried if m > cap), default=np.inf)
     if low < target < high or not np.isfinite(high):
         return target
     return (low + high) / 2
