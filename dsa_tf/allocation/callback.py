@@ -186,7 +186,12 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         weight_masks: the masks the weight steps of the allocation train under: "sampled"
             (default, the paper's: each step's Bernoulli masks) or "top_k" (each group's hard
             mask at its current keep ratio, the network the allocation would end with now;
-            the Theta steps still see the sampled masks).
+            the Theta steps still see the sampled masks). With ``keep_signal="differences"``,
+            ``beta2_relative=True``, ``beta2_init=2`` it made DSA beat the uniform and
+            magnitude allocators from scratch (CIFAR ResNet-14 at 25% of the FLOPs, 3 seeds,
+            +0.60 and +1.67 points, beyond twice the standard error) and halved its gap from
+            a pre-trained network (still 0.9-1.1 points behind): BENCHMARKS.md "Weight steps
+            under top-k masks". Not the default until more cells are measured.
         verbose: 1 prints the schedule and a line at every phase change.
     """
 
