@@ -90,8 +90,9 @@ def within_measured_latency(model: Any, budget: float | Mapping[str, float], res
         progress: called with a line per check (None: quiet).
 
     Returns:
-        The keep dict of the allocation that measured within the budget and closest to it;
-        if none did, the fastest one measured (with a warning).
+        The keep dict of the allocation that measured within the budget less its margin
+        (:data:`MARGIN`) and closest to it; if none did, the fastest one measured (with a
+        warning if it is over the budget itself).
     """
     keep = allocate(fractions)
     if "latency" not in fractions or not measured_here(resources.latency.table):
