@@ -44,6 +44,24 @@ def test_explicit_settings_override_the_plan():
         plan_schedule(10, 50, finish_by=1.5)
 
 
+@pytest.mark.parametrize("allocate_by", [0.05, 0.15, 0.5])
+def test_an_allocation_planned_to_end_earlier_fits_the_admm_in_its_window(allocate_by):
+    """A fine-tuning fit (no warm-up) that leaves more steps to fine-tune: the ADMM's
+    iterations still fit between the first step and allocate_by of the fit."""
+    total = 3 * 70
+    s = plan_schedule(3, 70, warmup_epochs=0, allocate_by=allocate_by)
+    window = max(1, round(total * allocate_by))
+    assert window // s.update_every * s.iterations_per_update >= ADMM_ITERATIONS
+    assert window // s.update_every * s.iterations_per_update < 2 * ADMM_ITERATIONS
+    default = plan_schedule(3, 70, warmup_epochs=0)
+    assert (s.iterations_per_update > default.iterations_per_update) == (allocate_by < 1 / 3)
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="allocate_by must be in"):
+            plan_schedule(3, 70, allocate_by=bad)
+    with pytest.raises(ValueError, match="must not be after finish_by"):
+        dsa_tf.DSACallback([(np.zeros((1, 4)), np.zeros(1))], allocate_by=0.7)
+
+
 def _compiled(keras, budget, seed=1):
     gated = dsa_tf.prune_to_budget(_small_net(keras), budget, seed=seed)
     gated.compile(keras.optimizers.SGD(0.05, momentum=0.9),

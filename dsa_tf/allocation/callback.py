@@ -45,7 +45,13 @@ from dsa_tf.allocation.keep_differences import keep_ratio_differences
 from dsa_tf.allocation.keep_gradients import keep_ratio_gradients, resolve_loss
 from dsa_tf.allocation.measured_latency import measured_here, time_against_unpruned
 from dsa_tf.allocation.resources import ResourceModel
-from dsa_tf.allocation.schedule import FINISH_BY, Schedule, check_settings, plan_schedule
+from dsa_tf.allocation.schedule import (
+    FINISH_BY,
+    PLANNED_END,
+    Schedule,
+    check_settings,
+    plan_schedule,
+)
 from dsa_tf.deploy.latency_table import LatencyTable
 from dsa_tf.structure.graph import analyze
 
@@ -153,6 +159,9 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
             (the paper's 20 when the fit is long enough).
         finish_by: share of the fit's steps by which the allocation must be over (default
             0.6), or None to never complete it (see above).
+        allocate_by: share of the fit's steps by which the ADMM cadence plans the allocation
+            to end (default a third, leaving two thirds to fine-tune; the warm-up counts in
+            it). Ignored with ``update_every`` given.
         bn_batches: alpha_data batches for re-estimating the BatchNorm statistics when the
             masks freeze (0: keep the moving averages as they are).
         loss: loss for the Theta steps, ``loss(y_true, y_pred)``; default: the model's
@@ -197,7 +206,8 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
 
     def __init__(self, alpha_data: Iterable, *, warmup_epochs: int | None = None,
                  update_every: int | None = None, finish_by: float | None = FINISH_BY,
-                 bn_batches: int = BN_BATCHES, loss: Any = None, beta2_init: float = 0.05,
+                 allocate_by: float = PLANNED_END, bn_batches: int = BN_BATCHES,
+                 loss: Any = None, beta2_init: float = 0.05,
                  beta2_growth: float = 1.1,
                  theta_learning_rate: float = admm.THETA_LEARNING_RATE,
                  rho1: float = admm.RHO1, rho2: float = admm.RHO2,
@@ -206,7 +216,7 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
                  keep_signal: str = "straight_through", weight_masks: str = "sampled",
                  verbose: int = 1):
         super().__init__()
-        check_settings(warmup_epochs, update_every, finish_by)
+        check_settings(warmup_epochs, update_every, finish_by, allocate_by)
         if bn_batches < 0:
             raise ValueError(f"bn_batches must be >= 0, got {bn_batches}.")
         check_reiterable(alpha_data)
@@ -214,6 +224,7 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         self.warmup_epochs = None if warmup_epochs is None else int(warmup_epochs)
         self.update_every = None if update_every is None else int(update_every)
         self.finish_by = finish_by
+        self.allocate_by = float(allocate_by)
         self.bn_batches = int(bn_batches)
         self.loss = loss
         self.beta2_init = float(beta2_init)
@@ -286,7 +297,8 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         therefore was warm-up."""
         schedule = plan_schedule(self._epochs, steps_per_epoch,
                                  warmup_epochs=self.warmup_epochs,
-                                 update_every=self.update_every, finish_by=self.finish_by)
+                                 update_every=self.update_every, finish_by=self.finish_by,
+                                 allocate_by=self.allocate_by)
         if counted:
             schedule = dataclasses.replace(
                 schedule, warmup_steps=max(schedule.warmup_steps, steps_per_epoch))

@@ -57,11 +57,13 @@ class Schedule:
 
 
 def check_settings(warmup_epochs: int | None, update_every: int | None,
-                   finish_by: float | None) -> None:
-    """Refuses schedule settings out of range (each may be None: planned from the fit).
+                   finish_by: float | None, allocate_by: float = PLANNED_END) -> None:
+    """Refuses schedule settings out of range (the first three may be None: planned from
+    the fit).
 
     Raises:
-        ValueError: warmup_epochs < 0, update_every < 1, or finish_by outside (0, 1].
+        ValueError: warmup_epochs < 0, update_every < 1, finish_by or allocate_by outside
+            (0, 1], or allocate_by after finish_by.
     """
     if warmup_epochs is not None and warmup_epochs < 0:
         raise ValueError(f"warmup_epochs must be >= 0 or None, got {warmup_epochs}.")
@@ -69,11 +71,17 @@ def check_settings(warmup_epochs: int | None, update_every: int | None,
         raise ValueError(f"update_every must be >= 1 or None, got {update_every}.")
     if finish_by is not None and not 0 < finish_by <= 1:
         raise ValueError(f"finish_by must be in (0, 1] or None, got {finish_by}.")
+    if not 0 < allocate_by <= 1:
+        raise ValueError(f"allocate_by must be in (0, 1], got {allocate_by}.")
+    if finish_by is not None and allocate_by > finish_by:
+        raise ValueError(f"allocate_by ({allocate_by}) must not be after finish_by "
+                         f"({finish_by}), the deadline by which the allocation is completed.")
 
 
 def plan_schedule(epochs: int, steps_per_epoch: int, *, warmup_epochs: int | None = None,
                   update_every: int | None = None,
-                  finish_by: float | None = FINISH_BY) -> Schedule:
+                  finish_by: float | None = FINISH_BY,
+                  allocate_by: float = PLANNED_END) -> Schedule:
     """Scales DSA's schedule to a fit of ``epochs`` x ``steps_per_epoch`` weight steps.
 
     Args:
@@ -82,15 +90,17 @@ def plan_schedule(epochs: int, steps_per_epoch: int, *, warmup_epochs: int | Non
         warmup_epochs: plain-training epochs; None: ``WARMUP_SHARE`` of the steps.
         update_every: weight steps per ADMM update (then one iteration per update); None:
             the cadence that fits ``ADMM_ITERATIONS`` iterations between the end of the
-            warm-up and ``PLANNED_END`` of the steps.
+            warm-up and ``allocate_by`` of the steps.
         finish_by: share of the steps by which the allocation must be over, or None.
+        allocate_by: share of the steps by which the allocation is planned to end
+            (default ``PLANNED_END``, a third); the warm-up counts in it.
 
     Returns:
         The :class:`Schedule`.
 
     Raises:
-        ValueError: non-positive epochs or steps, negative warm-up, update_every < 1, or
-            finish_by outside (0, 1].
+        ValueError: non-positive epochs or steps, negative warm-up, update_every < 1,
+            finish_by or allocate_by outside (0, 1], or allocate_by after finish_by.
 
     Example:
         >>> plan_schedule(epochs=8, steps_per_epoch=85)
@@ -99,7 +109,7 @@ def plan_schedule(epochs: int, steps_per_epoch: int, *, warmup_epochs: int | Non
     if epochs < 1 or steps_per_epoch < 1:
         raise ValueError(f"A fit needs epochs >= 1 and steps >= 1, got {epochs} and "
                          f"{steps_per_epoch}.")
-    check_settings(warmup_epochs, update_every, finish_by)
+    check_settings(warmup_epochs, update_every, finish_by, allocate_by)
     total = epochs * steps_per_epoch
     if warmup_epochs is None:
         warmup = round(total * WARMUP_SHARE)
@@ -108,7 +118,7 @@ def plan_schedule(epochs: int, steps_per_epoch: int, *, warmup_epochs: int | Non
     finish = None if finish_by is None else max(warmup + 1, round(total * finish_by))
     if update_every is not None:
         return Schedule(warmup, int(update_every), 1, finish)
-    window = max(1, round(total * PLANNED_END) - warmup)
+    window = max(1, round(total * allocate_by) - warmup)
     every = min(PAPER_UPDATE_EVERY, max(1, window // ADMM_ITERATIONS))
     per_update = math.ceil(ADMM_ITERATIONS / max(1, window // every))
     return Schedule(warmup, every, per_update, finish)
