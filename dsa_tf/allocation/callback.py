@@ -203,9 +203,12 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
             the Theta steps still see the sampled masks). With ``keep_signal="differences"``,
             ``beta2_relative=True``, ``beta2_init=2`` it made DSA beat the uniform and
             magnitude allocators from scratch (CIFAR ResNet-14 at 25% of the FLOPs, 3 seeds,
-            +0.60 and +1.67 points, beyond twice the standard error) and halved its gap from
-            a pre-trained network (still 0.9-1.1 points behind): BENCHMARKS.md "Weight steps
-            under top-k masks". Not the default until more cells are measured.
+            +0.60 and +1.67 points, beyond twice the standard error; +0.73 and +0.69 on a
+            third machine, beyond it against uniform only) and halved its gap from a
+            pre-trained network (still 0.9-1.1 points behind; level with ``allocate_by=0.1``);
+            on a VGG-style network at 15% of the parameters it is level from scratch and
+            behind from a pre-trained network: BENCHMARKS.md "Weight steps under top-k
+            masks" and after. Not the default.
         verbose: 1 prints the schedule and a line at every phase change.
     """
 
