@@ -99,6 +99,22 @@ def test_defaults_reach_the_budget_on_two_replicas():
         assert run["flops_stripped"] <= run["budget"], run
 
 
+def test_an_allocation_planned_to_end_within_the_warm_up_warns(keras):
+    """allocate_by at or before the end of the warm-up leaves the ADMM no window: all its
+    iterations run at one step. The user is told; with warmup_epochs=0 nothing is said."""
+    gated = _compiled(keras, 0.5)
+    callback = dsa_tf.DSACallback(_data(64, seed=1), allocate_by=0.05, verbose=0)
+    with pytest.warns(UserWarning, match="lasts until or past the planned end"):
+        gated.fit(_data(), epochs=3, verbose=0, callbacks=[callback])  # warm-up: 2 of 24
+    gated = _compiled(keras, 0.5)
+    callback = dsa_tf.DSACallback(_data(64, seed=1), allocate_by=0.05, warmup_epochs=0,
+                                  verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", message=".*shuffle=True")
+        gated.fit(_data(), epochs=3, verbose=0, callbacks=[callback])
+
+
 def test_a_schedule_that_cannot_reach_the_budget_is_completed_and_says_so(keras):
     gated = _compiled(keras, 0.4)
     callback = dsa_tf.DSACallback(_data(64, seed=1), update_every=50, verbose=0)

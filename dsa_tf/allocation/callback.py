@@ -166,7 +166,8 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
             fine-tuning: on CIFAR ResNet-14 at 25% of the FLOPs (3 fine-tuning epochs, 3
             seeds) it lifted DSA from 0.7-1.3 points behind the uniform and magnitude
             allocators to level with them (BENCHMARKS.md, "A shorter allocation when
-            fine-tuning").
+            fine-tuning"). A planned end at or before the end of the warm-up warns: all the
+            ADMM's iterations would run at one step.
         bn_batches: alpha_data batches for re-estimating the BatchNorm statistics when the
             masks freeze (0: keep the moving averages as they are).
         loss: loss for the Theta steps, ``loss(y_true, y_pred)``; default: the model's
@@ -328,6 +329,15 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
             self._say(f"schedule for {total} weight steps: warm-up {schedule.warmup_steps} "
                       f"steps, an ADMM update every {schedule.update_every} steps{per}"
                       f"{deadline}")
+            planned_end = round(total * self.allocate_by)
+            if self.update_every is None and planned_end <= schedule.warmup_steps:
+                warnings.warn(
+                    f"DSACallback: the warm-up ({schedule.warmup_steps} of {total} steps) "
+                    f"lasts until or past the planned end of the allocation (allocate_by="
+                    f"{self.allocate_by} of the steps, step {planned_end}), so all "
+                    f"{schedule.iterations_per_update} ADMM iterations run at once when it "
+                    f"ends, on one set of weights. Lower warmup_epochs or raise allocate_by.",
+                    stacklevel=2)
 
     def _resource_model(self) -> None:
         """The resource function of the constraints, of the keep ratios in the gates' order."""
