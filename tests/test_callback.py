@@ -92,31 +92,6 @@ def test_top_k_weight_masks_train_the_network_the_allocation_would_end_with(kera
         dsa_tf.DSACallback(_data(16), weight_masks="hard")
 
 
-def test_fill_budget_raises_the_widths_as_far_as_the_budget_allows(keras):
-    """With fill_budget=True the allocation, once it meets the budget, raises every keep-ratio
-    logit by the same amount: the stripped model still meets the budget, and raising the
-    logits any further, to the next change of a kept count, would exceed it."""
-    model = _small_net(keras)
-    gated, history = _fit(keras, {"params": 0.4}, EPOCHS, fill_budget=True, verbose=1)
-    assert history["dsa_phase"][-1] == 2 and history["dsa_completed"][-1] == 0
-    ratio = dsa_tf.count_params(dsa_tf.strip(gated)) / dsa_tf.count_params(model)
-    assert ratio <= 0.4 and history["dsa_params_hard"][-1] == pytest.approx(ratio, abs=1e-6)
-    gates = gates_of(gated)
-    counts = [int(g.kept_count()) for g in gates]
-    thetas = [float(g.theta.numpy()) for g in gates]
-    for step in np.arange(0.001, 4.0, 0.001):  # the smallest common raise that adds a channel
-        for gate, theta in zip(gates, thetas):
-            gate.theta.assign(theta + step)
-        if [int(g.kept_count()) for g in gates] != counts:
-            break
-    assert [int(g.kept_count()) for g in gates] != counts
-    for gate in gates:  # the frozen masks, as if frozen at the raised keep ratios
-        gate.mask.assign(gate.top_k_mask())
-    with pytest.warns(UserWarning, match="over its budget"):
-        raised = dsa_tf.count_params(dsa_tf.strip(gated)) / dsa_tf.count_params(model)
-    assert raised > 0.4, (ratio, raised)
-
-
 def test_keep_ratio_trace_records_every_iteration(keras):
     gated = dsa_tf.prune_to_budget(_small_net(keras), 0.5, seed=1)
     gated.compile(keras.optimizers.SGD(0.05, momentum=0.9),

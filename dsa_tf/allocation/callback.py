@@ -210,13 +210,6 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
             on a VGG-style network at 15% of the parameters it is level from scratch and
             behind from a pre-trained network: BENCHMARKS.md "Weight steps under top-k
             masks" and after. Not the default.
-        fill_budget: when the hard configuration meets the budget, raise every keep-ratio
-            logit by the same amount, the largest that still meets every budget, before the
-            masks freeze (the groups keep their learned order). The ADMM's last iteration
-            often lands under the budget (from a pre-trained network: 0.22-0.25 of a 0.25
-            FLOPs budget, 0.13-0.15 of a 0.15 params budget), capacity the baseline
-            allocators use. False (default): the paper's, the widths of the iteration that
-            met the budget.
         verbose: 1 prints the schedule and a line at every phase change.
     """
 
@@ -230,7 +223,7 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
                  loss_scale: float | None = None, theta_batch_statistics: bool = True,
                  beta2_relative: bool = False, keep_floor: float | None = None,
                  keep_signal: str = "straight_through", weight_masks: str = "sampled",
-                 fill_budget: bool = False, verbose: int = 1):
+                 verbose: int = 1):
         super().__init__()
         check_settings(warmup_epochs, update_every, finish_by, allocate_by)
         if bn_batches < 0:
@@ -261,7 +254,6 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         if weight_masks not in WEIGHT_MASKS:
             raise ValueError(f"weight_masks must be one of {WEIGHT_MASKS}, got {weight_masks!r}.")
         self.weight_masks = weight_masks
-        self.fill_budget = bool(fill_budget)
         self.verbose = verbose
         self.schedule: Schedule | None = None
         self._batches = None
@@ -405,10 +397,6 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
                     self._resample()
                 self._iterate(batch)
                 if self._meets_budget():
-                    if self.fill_budget:
-                        shift = self._shift_to_budget()
-                        self._say(f"budget met; every keep-ratio logit raised by {-shift:.3f} "
-                                  f"to fill it")
                     self._freeze(BY_ALLOCATION)
                     return
         finish = self.schedule.finish_step
@@ -514,23 +502,9 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         """Meets the budget now: lowers every keep-ratio logit by the smallest common shift
         whose hard configuration meets every budget, freezes and warns."""
         before = self._over_budget(self._ratios(hard=True))
-        shift = self._shift_to_budget()
-        iterations = int(self.gates[0].admm_step.numpy())
-        self._freeze(BY_COMPLETION)
-        warnings.warn(
-            f"DSACallback: the allocation had not met the budget {when} ({before} after "
-            f"{iterations} ADMM iterations). It was completed by lowering every keep-ratio "
-            f"logit by {shift:.3f} (the groups keep their learned order), masks frozen. For an "
-            f"allocation that meets the budget by itself, give fit more epochs, or leave "
-            f"warmup_epochs and update_every at None so the schedule follows the fit.",
-            stacklevel=2)
-
-    def _shift_to_budget(self) -> float:
-        """Subtracts from every keep-ratio logit the smallest common shift (negative: the
-        logits rise) whose hard configuration meets every budget, and returns it."""
-        low, high = -64.0, 64.0  # at 64 every group is at its smallest kept count, at -64 whole
+        low, high = 0.0, 64.0  # at -64 every group is at its smallest kept count
         thetas = [float(g.theta.numpy()) for g in self.gates]
-        for _ in range(48):
+        for _ in range(40):
             mid = 0.5 * (low + high)
             if self._meets_budget(self._ratios(hard=True, shift=mid)):
                 high = mid
@@ -540,8 +514,17 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
             for gate, theta in zip(self.gates, thetas):
                 gate.theta.assign(theta - high)
             if self._meets_budget():
-                return high
+                break
             high += 1e-4
+        iterations = int(self.gates[0].admm_step.numpy())
+        self._freeze(BY_COMPLETION)
+        warnings.warn(
+            f"DSACallback: the allocation had not met the budget {when} ({before} after "
+            f"{iterations} ADMM iterations). It was completed by lowering every keep-ratio "
+            f"logit by {high:.3f} (the groups keep their learned order), masks frozen. For an "
+            f"allocation that meets the budget by itself, give fit more epochs, or leave "
+            f"warmup_epochs and update_every at None so the schedule follows the fit.",
+            stacklevel=2)
 
     def _ratios(self, hard: bool, shift: float = 0.0) -> dict[str, float]:
         ratios = []
