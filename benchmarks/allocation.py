@@ -12,6 +12,10 @@ BENCHMARKS.md, "Why DSA's widths follow noise"); rows without the setting are th
 
 * ``dsa``: ``prune_to_budget(model, budget, resource)`` + ``DSACallback(alpha)`` with every
   other setting at its default (warm-up, allocation and fine-tuning planned from the fit);
+* ``dsa_paper``: the same with ``DSACallback.paper(alpha)``, the paper's settings where the
+  defaults depart from them. Results files written before the defaults changed (DSA rows
+  without ``dsa_defaults``) ran the paper's: their ``dsa`` rows are read as ``dsa_paper``
+  and their ``dsa(...)`` rows as ``dsa_paper(...)``;
 * ``uniform``, ``magnitude``, ``taylor``: the same gated model trained by the same ``fit``
   with ``OneShotCallback``, which applies ``uniform_allocation``, ``magnitude_allocation`` or
   ``taylor_allocation`` (4 training batches) once, at the step where DSA's allocation begins
@@ -87,7 +91,9 @@ import dsa_tf  # noqa: E402
 from dsa_tf import _keras  # noqa: E402
 from dsa_tf.allocation.one_shot import baseline_allocator  # noqa: E402
 
-METHODS = ("dsa", "uniform", "magnitude", "taylor")
+METHODS = ("dsa", "dsa_paper", "uniform", "magnitude", "taylor")
+BASELINES = METHODS[2:]
+DSA_DEFAULTS = "2026-12-04"  # when DSACallback's defaults last changed; kept in DSA rows
 FLOWS = ("scratch", "pretrained", "architecture")
 RESOURCES = {"resnet": "flops", "vgg": "params"}
 VGG_WIDTHS = (16, 16, 32, 32, 64, 64, 128, 128)
@@ -169,8 +175,10 @@ def run_one(arch: str, budget: float, flow: str, method: str, seed: int, splits:
         gated = dsa_tf.prune_to_budget(model, budget, resource=resource, seed=seed)
         warmup = 0 if flow == "pretrained" else None
         if is_dsa(method):
-            callback = dsa_tf.DSACallback(splits.alpha, warmup_epochs=warmup, verbose=0,
-                                          **args.dsa_options)
+            make = (dsa_tf.DSACallback.paper if method.startswith("dsa_paper")
+                    else dsa_tf.DSACallback)
+            callback = make(splits.alpha, warmup_epochs=warmup, verbose=0, **args.dsa_options)
+            row["dsa_defaults"] = DSA_DEFAULTS
         else:
             taylor = {"data": splits.train, "batches": TAYLOR_BATCHES,
                       "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True)}
@@ -193,21 +201,23 @@ def run_one(arch: str, budget: float, flow: str, method: str, seed: int, splits:
     return row
 
 
-def dsa_label(options: dict) -> str:
-    """The name of a DSA arm: ``dsa`` with the defaults, ``dsa(key=value,...)`` otherwise."""
+def dsa_label(arm: str, options: dict) -> str:
+    """The name of a DSA arm (``dsa`` or ``dsa_paper``): as it is with no options,
+    ``arm(key=value,...)`` otherwise."""
     if not options:
-        return "dsa"
-    return "dsa(" + ",".join(f"{k}={json.dumps(v)}" for k, v in sorted(options.items())) + ")"
+        return arm
+    return f"{arm}(" + ",".join(f"{k}={json.dumps(v)}" for k, v in sorted(options.items())) + ")"
 
 
 def is_dsa(method: str) -> bool:
-    return method == "dsa" or method.startswith("dsa(")
+    return method.split("(")[0] in ("dsa", "dsa_paper")
 
 
 def methods_of(rows: list[dict]) -> list[str]:
-    """unpruned, DSA with the defaults, the DSA variants (as first run), then the baselines."""
-    variants = list(dict.fromkeys(r["method"] for r in rows if r["method"].startswith("dsa(")))
-    return ["unpruned", "dsa", *variants, *METHODS[1:]]
+    """unpruned, DSA with the defaults and the paper's, the DSA variants (as first run),
+    then the baselines."""
+    variants = list(dict.fromkeys(r["method"] for r in rows if "(" in r["method"]))
+    return ["unpruned", "dsa", "dsa_paper", *variants, *BASELINES]
 
 
 def keyword(text: str) -> tuple[str, Any]:
@@ -238,6 +248,8 @@ def read_results(path: str) -> list[dict]:
         rows = [json.loads(line) for line in file if line.strip()]
     for row in rows:  # measured before batch_order was a setting
         row["settings"].setdefault("batch_order", "shared")
+        if is_dsa(row["method"]) and "dsa_defaults" not in row:  # with the paper's defaults
+            row["method"] = row["method"].replace("dsa", "dsa_paper", 1)
     return rows
 
 
@@ -255,8 +267,8 @@ def run(args: argparse.Namespace) -> None:
 
             splits = load() if args.batch_order == "shared" else None
             for flow in args.flows:
-                for method in ("unpruned", *[dsa_label(args.dsa_options) if m == "dsa" else m
-                                              for m in args.methods]):
+                for method in ("unpruned", *[dsa_label(m, args.dsa_options) if is_dsa(m)
+                                              else m for m in args.methods]):
                     if flow != "pretrained" and method == "unpruned":
                         continue  # the pre-trained network is the unpruned reference
                     wanted = (arch, budget, flow, method, seed, json.dumps(mine, sort_keys=True))
@@ -319,10 +331,11 @@ def report(args: argparse.Namespace) -> None:
     for arch, budget in cells:
         for flow in FLOWS:
             cell = [r for r in rows if (r["arch"], r["budget"], r["flow"]) == (arch, budget, flow)]
-            for arm in [m for m in methods_of(cell) if is_dsa(m)]:
+            for arm in [m for m in methods_of(cell)
+                        if is_dsa(m) and any(r["method"] == m for r in cell)]:
                 dsa = {r["seed"]: r["accuracy"] for r in cell if r["method"] == arm}
                 means = []
-                for method in METHODS[1:]:
+                for method in BASELINES:
                     diffs = np.array([100 * (r["accuracy"] - dsa[r["seed"]]) for r in cell
                                       if r["method"] == method and r["seed"] in dsa])
                     error = (diffs.std(ddof=1) / np.sqrt(len(diffs)) if len(diffs) > 1

@@ -48,8 +48,9 @@ EPOCHS = 20
 
 @pytest.mark.parametrize("budget, options", [
     ({"flops": 0.5}, {}), ({"params": 0.5}, {}), ({"flops": 0.6, "params": 0.4}, {}),
-    ({"flops": 0.5}, {"theta_batch_statistics": False}),
-    ({"flops": 0.5}, {"keep_signal": "differences"})])
+    ({"flops": 0.5}, {"theta_batch_statistics": False, "keep_signal": "straight_through"}),
+    ({"flops": 0.5}, {"keep_signal": "straight_through"}),
+    ({"flops": 0.5}, {"weight_masks": "sampled"})])
 def test_budget_is_reached_and_strip_meets_it(keras, budget, options):
     model = _small_net(keras)
     gated, history = _fit(keras, budget, EPOCHS, **options)
@@ -67,9 +68,9 @@ def test_budget_is_reached_and_strip_meets_it(keras, budget, options):
 
 
 def test_top_k_weight_masks_train_the_network_the_allocation_would_end_with(keras):
-    """With weight_masks="top_k" every weight step of the allocation runs under each group's
-    hard mask at its current keep ratio (with the default, the sampled masks differ from it);
-    the budget is still met by the allocation."""
+    """With weight_masks="top_k" (the default) every weight step of the allocation runs under
+    each group's hard mask at its current keep ratio (with "sampled", the paper's, the masks
+    differ from it); the budget is still met by the allocation."""
     seen = []
 
     class Record(keras.callbacks.Callback):  # runs after DSACallback's hooks
@@ -80,11 +81,11 @@ def test_top_k_weight_masks_train_the_network_the_allocation_would_end_with(kera
                                 for g in gates))
 
     with pytest.warns(UserWarning, match="budget not met yet"):
-        _fit(keras, 0.5, 2, callbacks=[Record()])  # one epoch of allocation, sampled masks
+        _fit(keras, 0.5, 2, callbacks=[Record()], weight_masks="sampled")  # one epoch
     assert len(seen) == 8 and not all(seen)
     seen.clear()
     model = _small_net(keras)
-    gated, history = _fit(keras, 0.5, EPOCHS, callbacks=[Record()], weight_masks="top_k")
+    gated, history = _fit(keras, 0.5, EPOCHS, callbacks=[Record()])
     assert len(seen) > 8 and all(seen)
     assert history["dsa_phase"][-1] == 2 and history["dsa_completed"][-1] == 0
     assert dsa_tf.count_flops(dsa_tf.strip(gated)) / dsa_tf.count_flops(model) <= 0.5

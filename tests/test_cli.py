@@ -6,12 +6,14 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
+import numpy as np
 import pytest
 
 import dsa_tf
 from dsa_tf.run.config import preset
-from dsa_tf.run.pipeline import build_model, run_pruning
+from dsa_tf.run.pipeline import _allocation_callback, build_model, run_pruning
 from dsa_tf.run.report import load_report, summary_table
 
 import tagged_images
@@ -154,6 +156,23 @@ def test_presets_and_model_names(keras, tmp_path):
     with pytest.raises(FileNotFoundError, match="has not finished"):
         load_report(str(tmp_path))
     assert isinstance(build_model(config, (8, 8, 1), 3, keras), keras.Model)
+
+
+def test_the_job_makes_dsa_with_the_defaults_or_the_papers_settings(keras):
+    """--dsa_paper gives DSACallback.paper's settings, --allocate_by the planned end; with
+    --init (no warm-up) the defaults plan the allocation to end by a tenth of the run."""
+    splits = types.SimpleNamespace(alpha=[(np.zeros((1, 8, 8, 1)), np.zeros(1))])
+
+    def callback(**settings):
+        return _allocation_callback(preset("quick", **settings), splits, keras, True, 0)
+
+    assert (callback().keep_signal, callback().allocate_by) == ("differences", 1 / 3)
+    assert callback(init="model.keras").allocate_by == 0.1
+    paper = callback(dsa_paper=True, allocate_by=0.2)
+    assert (paper.keep_signal, paper.weight_masks, paper.allocate_by) == (
+        "straight_through", "sampled", 0.2)
+    with pytest.raises(ValueError, match="allocate_by must be in"):
+        preset("quick", allocate_by=1.5)
 
 
 def test_summary_table_reports_a_failed_export():

@@ -99,6 +99,34 @@ def test_defaults_reach_the_budget_on_two_replicas():
         assert run["flops_stripped"] <= run["budget"], run
 
 
+def test_a_pretrained_start_allocates_within_a_tenth_of_the_fit_by_default(keras):
+    """Without warm-up (a pre-trained network) the defaults plan the allocation to end by a
+    tenth of the fit, the paper's settings by a third; each meets the budget by then."""
+    modes = []
+
+    class Record(keras.callbacks.Callback):  # runs after DSACallback's hooks
+        def on_train_batch_end(self, batch, logs=None):
+            modes.append(int(gates_of(self.model)[0].mode.numpy()))
+
+    for make, share in ((dsa_tf.DSACallback, 0.1), (dsa_tf.DSACallback.paper, 1 / 3)):
+        modes.clear()
+        callback = make(_data(64, seed=1), warmup_epochs=0, verbose=0)
+        assert callback.allocate_by == pytest.approx(share)
+        _compiled(keras, 0.5).fit(_data(), epochs=5, verbose=0, callbacks=[callback, Record()])
+        assert len(modes) == 40 and modes[-1] == FROZEN
+        assert modes.index(FROZEN) + 1 <= round(40 * share), modes
+
+
+def test_paper_settings_are_one_call_away():
+    callback = dsa_tf.DSACallback.paper([(np.zeros((1, 4)), np.zeros(1))], beta2_init=0.1)
+    assert (callback.keep_signal, callback.beta2_relative, callback.weight_masks,
+            callback.beta2_init, callback.allocate_by) == (
+        "straight_through", False, "sampled", 0.1, pytest.approx(1 / 3))
+    default = dsa_tf.DSACallback([(np.zeros((1, 4)), np.zeros(1))])
+    assert (default.keep_signal, default.beta2_relative, default.weight_masks,
+            default.beta2_init) == ("differences", False, "top_k", 0.05)
+
+
 def test_an_allocation_planned_to_end_within_the_warm_up_warns(keras):
     """allocate_by at or before the end of the warm-up leaves the ADMM no window: all its
     iterations run at one step. The user is told; with warmup_epochs=0 nothing is said."""

@@ -8,11 +8,13 @@ user's fit of 3 or 30 epochs needs the same proportions, not the same absolute n
 
 * warm-up: ``WARMUP_SHARE`` (1/15, the paper's 20 of 300 epochs) of the fit's steps;
 * the allocation is planned to end by ``PLANNED_END`` (a third) of the steps, leaving at
-  least two thirds for fine-tuning. The ADMM reaches budgets from 0.25 to 0.9 within
-  ``ADMM_ITERATIONS`` (150) iterations (measured in :mod:`dsa_tf.allocation.admm`), so the
-  cadence is one iteration every ``window // 150`` weight steps, at most the paper's 20 and at
-  least 1. A window shorter than 150 steps runs several ADMM iterations per update (each on
-  its own alpha batch), as many as needed to fit 150 iterations in the window;
+  least two thirds for fine-tuning (:class:`dsa_tf.DSACallback` plans a pre-trained
+  network's, without warm-up, to end by ``PLANNED_END_PRETRAINED``, a tenth). The ADMM
+  reaches budgets from 0.25 to 0.9 within ``ADMM_ITERATIONS`` (150) iterations (measured in
+  :mod:`dsa_tf.allocation.admm`), so the cadence is one iteration every ``window // 150``
+  weight steps, at most the paper's 20 and at least 1. A window shorter than 150 steps runs
+  several ADMM iterations per update (each on its own alpha batch), as many as needed to fit
+  150 iterations in the window;
 * the allocation must be over by ``FINISH_BY`` (60%) of the steps: if the budget is not met
   by then, :class:`dsa_tf.DSACallback` completes the allocation (see there), so that at least
   40% of the fit fine-tunes the final masks.
@@ -34,6 +36,7 @@ import math
 
 WARMUP_SHARE = 1 / 15
 PLANNED_END = 1 / 3
+PLANNED_END_PRETRAINED = 0.1  # DSACallback's default without warm-up (a pre-trained start)
 FINISH_BY = 0.6
 ADMM_ITERATIONS = 150
 PAPER_UPDATE_EVERY = 20

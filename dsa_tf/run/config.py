@@ -87,6 +87,13 @@ class RunConfig:
     warmup_epochs: int | None = _setting(
         None, "Plain-training epochs before the allocation starts (default: 1/15 of the "
         "training, the paper's 20 of 300 epochs; 0 with --init).")
+    allocate_by: float | None = _setting(
+        None, "Share of the training by which DSA's allocation is planned to end (default: a "
+        "third, a tenth with --init).")
+    dsa_paper: bool = _setting(
+        False, "DSA with the paper's settings (straight-through keep-ratio gradients, random "
+        "masks while allocating, allocation planned to end by a third) instead of the "
+        "measured defaults (see dsa_tf.DSACallback).")
     update_every: int | None = _setting(
         None, "Weight steps per ADMM iteration (default: planned from the run's length; the "
         "paper's 20 when it is long enough).")
@@ -125,6 +132,8 @@ class RunConfig:
         for name in ("update_every", "batch_size", "round_to", "latency_runs"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.allocate_by is not None and not 0 < self.allocate_by <= 1:
+            raise ValueError(f"allocate_by must be in (0, 1], got {self.allocate_by}.")
         if not 0 < self.alpha_fraction < 1:
             raise ValueError(f"alpha_fraction must be in (0, 1), got {self.alpha_fraction}.")
         self.lr_boundaries = tuple(int(b) for b in self.lr_boundaries)

@@ -339,8 +339,10 @@ def _allocation_callback(config: RunConfig, splits: Any, keras: Any, from_logits
                          verbose: int) -> Any:
     """DSACallback, or the OneShotCallback of ``config.allocation``'s baseline allocator."""
     if config.allocation == "dsa":
-        return DSACallback(splits.alpha, warmup_epochs=config.warmup_epochs,
-                           update_every=config.update_every, verbose=int(verbose > 0))
+        make = DSACallback.paper if config.dsa_paper else DSACallback
+        return make(splits.alpha, warmup_epochs=config.warmup_epochs,
+                    update_every=config.update_every, verbose=int(verbose > 0),
+                    **({} if config.allocate_by is None else {"allocate_by": config.allocate_by}))
     data = {"data": splits.train, "loss": keras.losses.SparseCategoricalCrossentropy(
         from_logits=from_logits)} if config.allocation == "taylor" else {}
     allocate = baseline_allocator(config.allocation, config.budget, resource=config.resource,
