@@ -230,9 +230,9 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
             ``keep_signal="differences"``, DSA from scratch on CIFAR ResNet-14 at 25% of the
             FLOPs went from level with the uniform allocator to ahead of it beyond twice the
             standard error (BENCHMARKS.md "Weight steps under top-k masks"); with the paper's
-            other settings it took DSA on the VGG network from a pre-trained start from
-            level to 3.2 points ahead of uniform, but left it behind on the ResNet
-            (BENCHMARKS.md "The defaults chosen").
+            other settings it took DSA on the VGG network from 2.6 points behind uniform to
+            1.4 ahead from scratch, from 2.5 to 3.2 ahead from a pre-trained start, but left
+            it 0.9-4.1 points behind on the ResNet (BENCHMARKS.md "The defaults chosen").
         verbose: 1 prints the schedule and a line at every phase change.
     """
 
