@@ -131,11 +131,11 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
     network) an allocation planned to end by a tenth of the fit. On the allocation
     benchmark (BENCHMARKS.md "The defaults chosen": CIFAR ResNet-14 at 25% of the FLOPs
     and a VGG-style network at 15% of the parameters, from scratch and from a pre-trained
-    network, 3 seeds, every arm on one machine) the defaults beat the uniform and magnitude
-    allocators from scratch on the ResNet (+0.93 and +0.90 points, beyond twice the
-    standard error), are ahead of them on VGG from scratch (+0.89, +1.48, within noise) and
-    level from pre-trained networks (-0.41 to +0.55); the paper's settings are 2-4.6
-    points behind both in three of the four cells.
+    network, 5 seeds, every arm on one machine) the defaults are level with the uniform and
+    magnitude allocators in all four cells (-0.84 to +0.27 points, baseline minus DSA;
+    ahead of uniform beyond twice the standard error only on VGG from pre-trained weights)
+    and behind them in none, where the paper's settings are 2-4.6 points behind both in
+    three of the four cells (3 seeds).
     :meth:`paper` makes a callback with the paper's settings.
 
     Resuming: everything the allocation needs lives in the gates' variables (phase, beta2,
