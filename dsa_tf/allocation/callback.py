@@ -95,13 +95,14 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
     most (budgets 0.25-0.9, :mod:`dsa_tf.allocation.admm`) between the end of the warm-up
     and a third of the steps: one iteration every 20 weight steps (the paper's value) when
     the fit is long enough, down to one per step, and several per step (each on its own
-    alpha batch) for fits of fewer than ~500 steps; an ADMM iteration costs about one weight
-    step (a forward and backward pass on an alpha batch), so such a fit runs up to ~150 steps
-    longer than its own length. At 300 CIFAR-10 epochs this is exactly
-    the paper's schedule. Measured reach with the defaults: budgets 0.3 and 0.6 within fits
-    of 3, 8 and 30 epochs (``tests/test_schedule.py``; the 3-epoch fit at 0.3 also on two
-    replicas); the short schedules of BENCHMARKS.md. Pass ``warmup_epochs=0`` for a
-    pre-trained model.
+    alpha batch) for fits of fewer than ~500 steps; an ADMM iteration costs two forward
+    passes per group on an alpha batch with the default loss differences (about one weight
+    step with the paper's gradient), so such a fit runs longer than its own length (on the
+    allocation benchmark's 8-epoch fits, 1.5-2.3x a baseline allocator's). At 300 CIFAR-10
+    epochs this is exactly the paper's schedule. Measured reach with the defaults: budgets
+    0.3 and 0.6 within fits of 3, 8 and 30 epochs (``tests/test_schedule.py``; the 3-epoch
+    fit at 0.3 also on two replicas); the short schedules of BENCHMARKS.md. Pass
+    ``warmup_epochs=0`` for a pre-trained model.
 
     No silent budget miss: if the budget is not met by ``finish_by`` of the fit's steps (or
     when ``fit`` ends, or stops early, before that), the callback completes the allocation:
