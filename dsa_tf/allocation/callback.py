@@ -46,6 +46,7 @@ from dsa_tf.allocation.keep_gradients import keep_ratio_gradients, resolve_loss
 from dsa_tf.allocation.measured_latency import measured_here, time_against_unpruned
 from dsa_tf.allocation.resources import ResourceModel
 from dsa_tf.allocation.schedule import (
+    ADMM_ITERATIONS,
     FINISH_BY,
     PLANNED_END,
     PLANNED_END_PRETRAINED,
@@ -367,9 +368,9 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
                 warnings.warn(
                     f"DSACallback: the warm-up ({schedule.warmup_steps} of {total} steps) "
                     f"lasts until or past the planned end of the allocation (allocate_by="
-                    f"{self.allocate_by} of the steps, step {planned_end}), so all "
-                    f"{schedule.iterations_per_update} ADMM iterations run at once when it "
-                    f"ends, on one set of weights. Lower warmup_epochs or raise allocate_by.",
+                    f"{self.allocate_by} of the steps, step {planned_end}), so the ADMM's "
+                    f"iterations (up to {ADMM_ITERATIONS}) run at once when it ends, on one "
+                    f"set of weights. Lower warmup_epochs or raise allocate_by.",
                     stacklevel=2)
 
     def _resource_model(self) -> None:
