@@ -50,6 +50,7 @@ EPOCHS = 20
     ({"flops": 0.5}, {}), ({"params": 0.5}, {}), ({"flops": 0.6, "params": 0.4}, {}),
     ({"flops": 0.5}, {"theta_batch_statistics": False, "keep_signal": "straight_through"}),
     ({"flops": 0.5}, {"keep_signal": "straight_through"}),
+    ({"flops": 0.5}, {"keep_signal": "top_k_differences"}),
     ({"flops": 0.5}, {"weight_masks": "sampled"})])
 def test_budget_is_reached_and_strip_meets_it(keras, budget, options):
     model = _small_net(keras)
@@ -174,6 +175,9 @@ def test_a_keep_signal_that_does_not_exist_or_does_not_fit_is_refused():
         dsa_tf.DSACallback(_data(16), keep_signal="gradient")
     with pytest.raises(ValueError, match="theta_batch_statistics=False"):
         dsa_tf.DSACallback(_data(16), keep_signal="differences", theta_batch_statistics=False)
+    with pytest.raises(ValueError, match="theta_batch_statistics=False"):
+        dsa_tf.DSACallback(_data(16), keep_signal="top_k_differences",
+                           theta_batch_statistics=False)
 
 
 def test_keep_floor_bounds_every_keep_ratio(keras):

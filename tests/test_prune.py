@@ -10,7 +10,10 @@ import dsa_tf
 from dsa_tf import _keras
 from dsa_tf.allocation.gated_model import gates_of, resample_masks, sampled_masks
 from dsa_tf.allocation.gates import STOCHASTIC, is_gate
-from dsa_tf.allocation.keep_differences import keep_ratio_differences
+from dsa_tf.allocation.keep_differences import (
+    keep_ratio_differences,
+    keep_ratio_top_k_differences,
+)
 from dsa_tf.allocation.keep_gradients import keep_ratio_gradients
 
 from masking import randomize
@@ -171,6 +174,30 @@ def test_loss_differences_give_every_group_a_keep_ratio_signal(keras):
         losses.append(float(loss(y, gated(x, training=True))))
     gate.mask.assign(sampled[1])
     assert differences[1] == pytest.approx((losses[1] - losses[0]) / 0.5 * 0.25, rel=1e-3)
+
+
+def test_top_k_differences_are_the_loss_rise_of_dropping_a_groups_marginal_channels(keras):
+    """Under the top-k masks, a group's signal is the loss with its least important kept
+    channels dropped (to the count at a - delta) against the loss with all of them, per
+    keep-ratio unit; a group at its fewest channels gets 0, and the sampled masks stay."""
+    gated, gates, x, y, loss = _allocating_resnet8(keras)
+    dsa_tf.set_keep_ratios(gated, {gates[0].group: 1 / gates[0].channels})  # one channel
+    sampled = [g.mask.numpy().copy() for g in gates]
+    signal = [float(d) for d in keep_ratio_top_k_differences(gated, loss, x, y, delta=0.25)]
+    for gate, mask in zip(gates, sampled):
+        np.testing.assert_array_equal(gate.mask.numpy(), mask)
+    assert signal[0] == 0.0
+    for gate in gates:
+        gate.mask.assign(gate.top_k_mask())
+    gate = gates[1]  # 16 channels at 0.5: 8 kept, 4 at 0.25
+    importance = gate.importance.numpy()
+    full = float(loss(y, gated(x, training=True)))
+    fewer = np.zeros(gate.channels, "float32")
+    fewer[np.argsort(-importance, kind="stable")[:4]] = 1.0
+    gate.mask.assign(fewer)
+    lower = float(loss(y, gated(x, training=True)))
+    assert signal[1] == pytest.approx((full - lower) / (4 / 16) * 0.25, rel=1e-3, abs=1e-6)
+    assert np.count_nonzero(signal) == len(gates) - 1
 
 
 def test_moving_statistics_give_every_group_a_keep_ratio_gradient(keras):

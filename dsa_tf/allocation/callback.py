@@ -41,7 +41,10 @@ from dsa_tf.allocation.gates import (
     PHASE_NAMES,
     STOCHASTIC,
 )
-from dsa_tf.allocation.keep_differences import keep_ratio_differences
+from dsa_tf.allocation.keep_differences import (
+    keep_ratio_differences,
+    keep_ratio_top_k_differences,
+)
 from dsa_tf.allocation.keep_gradients import keep_ratio_gradients, resolve_loss
 from dsa_tf.allocation.measured_latency import measured_here, time_against_unpruned
 from dsa_tf.allocation.resources import ResourceModel
@@ -58,7 +61,7 @@ from dsa_tf.deploy.latency_table import LatencyTable
 from dsa_tf.structure.graph import analyze
 
 BN_BATCHES = 32
-KEEP_SIGNALS = ("straight_through", "differences")
+KEEP_SIGNALS = ("straight_through", "differences", "top_k_differences")
 WEIGHT_MASKS = ("sampled", "top_k")
 # The paper's settings where the defaults depart from them (DSACallback.paper).
 PAPER = {"keep_signal": "straight_through", "weight_masks": "sampled",
@@ -220,7 +223,10 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
             ``theta_batch_statistics=True``) or "straight_through" (the paper's
             straight-through gradient, :func:`dsa_tf.allocation.keep_gradients.
             keep_ratio_gradients`, which vanishes for groups behind a BatchNorm in training
-            mode).
+            mode), or "top_k_differences" (the loss rise when each group drops its least
+            important kept channels, every group at its top-k mask: the network the weights
+            train under with ``weight_masks="top_k"``; one forward pass per group and alpha
+            batch plus one).
         keep_floor: no group's keep ratio goes below this share of the uniform keep ratio
             (the one ratio for all groups that meets the budget): Theta and z are projected
             onto it after every step. None: no floor (the paper's).
@@ -274,10 +280,10 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         self.keep_floor = keep_floor
         if keep_signal not in KEEP_SIGNALS:
             raise ValueError(f"keep_signal must be one of {KEEP_SIGNALS}, got {keep_signal!r}.")
-        if keep_signal == "differences" and not self.theta_batch_statistics:
-            raise ValueError("keep_signal='differences' (the default) runs the Theta steps in "
-                             "training mode; with theta_batch_statistics=False pass "
-                             "keep_signal='straight_through'.")
+        if keep_signal != "straight_through" and not self.theta_batch_statistics:
+            raise ValueError(f"keep_signal={keep_signal!r} runs the Theta steps in training "
+                             f"mode; with theta_batch_statistics=False pass "
+                             f"keep_signal='straight_through'.")
         self.keep_signal = keep_signal
         if weight_masks not in WEIGHT_MASKS:
             raise ValueError(f"weight_masks must be one of {WEIGHT_MASKS}, got {weight_masks!r}.")
@@ -596,6 +602,8 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         saved = [tf.identity(tf.convert_to_tensor(v)) for v in others]
         if self.keep_signal == "differences":
             grads = keep_ratio_differences(self.model, self._loss_fn, x, y)
+        elif self.keep_signal == "top_k_differences":
+            grads = keep_ratio_top_k_differences(self.model, self._loss_fn, x, y)
         else:
             grads = keep_ratio_gradients(self.model, self._loss_fn, x, y,
                                          batch_statistics=self.theta_batch_statistics)

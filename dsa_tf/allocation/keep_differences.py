@@ -17,6 +17,16 @@ run in training mode (BatchNorm with the batch's statistics, as the paper's Thet
 caller restores the moving statistics. It costs two forward passes per group and alpha batch
 (no backward pass).
 
+:func:`keep_ratio_top_k_differences` asks the same question of the network the weights train
+under with top-k masks: every group at its k most important channels, the loss with group k
+dropping its least important kept channels (down to the count at ``a_k - delta``, at least one
+step of its rounding) against the loss with all of them,
+
+    dL/dTheta_k ~ (L(k) - L(k_lo)) / ((k - k_lo) / C) * a_k (1 - a_k),
+
+a one-sided difference with no mask noise in it (only the batch's), in one forward pass per
+group plus one shared.
+
 Example:
     >>> import numpy as np, tensorflow as tf, dsa_tf
     >>> from dsa_tf.allocation.gated_model import resample_masks
@@ -26,6 +36,8 @@ Example:
     >>> x, y = np.random.rand(4, 8, 8, 3).astype("float32"), np.arange(4)
     >>> len(keep_ratio_differences(gated, loss, x, y)) == len(dsa_tf.keep_ratios(gated))
     True
+    >>> len(keep_ratio_top_k_differences(gated, loss, x, y)) == len(dsa_tf.keep_ratios(gated))
+    True
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from dsa_tf.allocation import keep_process
 from dsa_tf.allocation.gated_model import gates_of
 from dsa_tf.allocation.keep_gradients import on_replicas, replica_slice
 
@@ -82,3 +95,68 @@ def _replica_differences(model: Any, loss_fn: Any, x: Any, y: Any,
         grads.append((losses[1] - losses[0]) / (hi - lo) * a * (1.0 - a))
     context = tf.distribute.get_replica_context()
     return context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+
+
+def keep_ratio_top_k_differences(model: Any, loss_fn: Any, x: Any, y: Any, *,
+                                 delta: float = DELTA) -> list[tf.Tensor]:
+    """dL/dTheta of every gate on one batch under the top-k masks, by one-sided differences of
+    the loss (module docstring), on the global batch under a ``tf.distribute`` strategy. The
+    gates' masks are left as they were. A group already at its fewest channels gets 0.
+
+    Args:
+        model: a gated model.
+        loss_fn: per-example loss ``loss(y_true, y_pred)``.
+        x, y: one alpha batch.
+        delta: the keep-ratio step down (0 < delta <= 0.5); at least one step of the
+            group's rounding is dropped.
+
+    Raises:
+        ValueError: a ``delta`` outside (0, 0.5], or a batch with fewer examples than
+            replicas.
+    """
+    if not 0 < delta <= 0.5:
+        raise ValueError(f"delta must be in (0, 0.5], got {delta}.")
+    return on_replicas(_replica_top_k_differences, model, loss_fn, x, y, float(delta))
+
+
+def _replica_top_k_differences(model: Any, loss_fn: Any, x: Any, y: Any,
+                               delta: float) -> list[tf.Tensor]:
+    """This replica's weighted share of :func:`keep_ratio_top_k_differences`, all-reduced."""
+    x, y, share = replica_slice(x, y)
+
+    def loss() -> tf.Tensor:
+        return share * tf.reduce_mean(loss_fn(y, model(x, training=True)))
+
+    gates = gates_of(model)
+    saved = [tf.identity(tf.convert_to_tensor(gate.mask)) for gate in gates]
+    tops = [tf.stop_gradient(gate.top_k_mask()) for gate in gates]
+    for gate, top in zip(gates, tops):
+        gate.mask.assign(top)
+    full = loss()
+    grads = []
+    for gate, top in zip(gates, tops):
+        a = gate.keep_ratio()
+        kept, fewer = _kept_and_fewer(gate, a, delta)
+        importance = tf.convert_to_tensor(gate.importance)
+        gate.mask.assign(keep_process.hard_mask(
+            importance, tf.cast(fewer, tf.float64) / gate.channels, blocks=gate.blocks))
+        dropped = tf.cast(kept - fewer, full.dtype) / gate.channels
+        lower = loss()
+        gate.mask.assign(top)
+        grads.append(tf.where(dropped > 0, (full - lower) / tf.maximum(dropped, 1e-9), 0.0)
+                     * a * (1.0 - a))
+    for gate, mask in zip(gates, saved):
+        gate.mask.assign(mask)
+    context = tf.distribute.get_replica_context()
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+
+
+def _kept_and_fewer(gate: Any, a: tf.Tensor, delta: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """The gate's kept count at ``a`` and the count at ``a - delta``, at least one rounding
+    step fewer (the two are equal only at the gate's fewest channels)."""
+    def count(ratio: tf.Tensor) -> tf.Tensor:
+        return keep_process.kept_count(ratio, gate.channels, gate.min_channels, gate.round_to)
+
+    kept = count(a)
+    step_down = count(tf.cast(kept - max(gate.round_to, gate.blocks), tf.float64) / gate.channels)
+    return kept, tf.minimum(count(a - delta), step_down)
