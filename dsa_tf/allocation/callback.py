@@ -226,10 +226,17 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
             mode), or "top_k_differences" (the loss rise when each group drops its least
             important kept channels, every group at its top-k mask: the network the weights
             train under with ``weight_masks="top_k"``; one forward pass per group and alpha
-            batch plus one).
+            batch plus one: a DSA run in about two thirds of the time; from scratch on the
+            allocation benchmark it chose very different VGG widths from the default's at
+            the same accuracy, within 0.1-0.4 points of it; BENCHMARKS.md "A floor, top-k
+            differences, a shorter allocation").
         keep_floor: no group's keep ratio goes below this share of the uniform keep ratio
             (the one ratio for all groups that meets the budget): Theta and z are projected
-            onto it after every step. None: no floor (the paper's).
+            onto it after every step. None: no floor (the paper's). With the other
+            defaults, 0.75 moved DSA by -0.3 to +0.4 points in the four cells of the
+            allocation benchmark (5 seeds, within noise; BENCHMARKS.md "A floor, top-k
+            differences, a shorter allocation"): it removes the narrowest layers (VGG
+            conv1 at 4-5 of 16), with no gain beyond the seed spread.
         weight_masks: the masks the weight steps of the allocation train under: "top_k"
             (default: each group's hard mask at its current keep ratio, the network the
             allocation would end with now; the Theta steps still see the sampled masks) or
