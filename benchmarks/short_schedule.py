@@ -10,10 +10,12 @@ subset; 10% of them held out as DSA's alpha data), the 10,000 test images. Sched
 Arms, each for every ``--seeds`` seed, measured side by side in one run:
 
 * ``unpruned``: the network trained on the weight-training split on the same schedule;
+* ``unpruned_bn``: the same, then ``reestimate_batchnorm`` on 32 batches of the alpha data
+  (what ``DSACallback`` does when fit ends): the reference without the BatchNorm lag;
 * ``dsa``: ``prune_to_budget(model, --budget)`` and ``DSACallback(alpha)`` with every other
   argument at its default, then ``strip``;
 * ``dsa_no_bn``: the same with ``bn_batches=0`` (no BatchNorm re-estimation when the masks
-  freeze), to measure what the re-estimation does.
+  freeze or when fit ends), to measure what the re-estimation does.
 
 Per arm and seed it prints the test accuracy (inference mode; for DSA of the stripped model),
 the FLOPs ratio of the stripped model (``count_flops``), the epoch the budget was met in and
@@ -42,6 +44,7 @@ import dsa_tf  # noqa: E402
 from dsa_tf import _keras  # noqa: E402
 
 GAP_BATCHES = 20
+BN_BATCHES = 32  # DSACallback's default bn_batches
 
 
 def build(keras: Any) -> Any:
@@ -93,7 +96,7 @@ def run_arm(arm: str, seed: int, splits: Any, args: argparse.Namespace) -> dict:
     gap = ModeGap(list(splits.test.take(GAP_BATCHES)))
     callbacks: list = []
     net = model
-    if arm != "unpruned":
+    if arm.startswith("dsa"):
         net = dsa_tf.prune_to_budget(model, args.budget, seed=seed)
         options = {"bn_batches": 0} if arm == "dsa_no_bn" else {}
         callbacks.append(dsa_tf.DSACallback(splits.alpha, verbose=0, **options))
@@ -106,7 +109,9 @@ def run_arm(arm: str, seed: int, splits: Any, args: argparse.Namespace) -> dict:
     seconds = time.perf_counter() - start
     result = {"arm": arm, "seed": seed, "seconds": seconds, "gap": gap.rows}
     final = net
-    if arm != "unpruned":
+    if arm == "unpruned_bn":
+        dsa_tf.reestimate_batchnorm(net, splits.alpha, BN_BATCHES)
+    if arm.startswith("dsa"):
         status = dsa_tf.budget_status(net)
         final = dsa_tf.strip(net)
         final.compile(metrics=["accuracy"],
@@ -136,7 +141,7 @@ def main() -> None:
         for arm in args.arms:
             result = run_arm(arm, seed, splits, args)
             results.append(result)
-            extra = "" if arm == "unpruned" else (
+            extra = "" if not arm.startswith("dsa") else (
                 f"  FLOPs {result['flops_ratio']:.3f}  budget met by {result['met_by']} in "
                 f"epoch {result['met_epoch']} after {result['admm_iterations']} iterations")
             print(f"{arm:10} seed {seed}: test accuracy {result['accuracy']:.4f}{extra}  "
@@ -152,7 +157,7 @@ def main() -> None:
         accuracy = np.array([r["accuracy"] for r in rows])
         spread = accuracy.std(ddof=1) if len(rows) > 1 else 0.0
         line = f"{arm:10} accuracy {accuracy.mean():.4f} +- {spread:.4f}"
-        if arm != "unpruned" and len(reference) == len(accuracy):
+        if arm.startswith("dsa") and len(reference) == len(accuracy):
             difference = accuracy - reference
             line += (f", minus unpruned per seed {np.round(difference, 4).tolist()}, FLOPs "
                      f"{[round(r['flops_ratio'], 3) for r in rows]}, met by "

@@ -219,6 +219,36 @@ def test_inference_matches_training_mode_when_the_masks_freeze(keras):
     assert np.abs(inference - training).max() > 1e-2 * np.abs(training).max()
 
 
+def test_inference_matches_training_mode_when_fit_ends(keras):
+    """The fine-tuning after the freeze moves the weights away from the statistics estimated
+    at the freeze (a callback listed before DSACallback sees inference and training mode
+    disagree when fit ends); DSACallback then re-estimates them for the final weights: on
+    the alpha batch they come from, inference computes what training mode computes."""
+    alpha = _data(64, seed=1).unbatch().batch(64)
+    x = next(iter(alpha))[0]
+
+    def disagreement(model):
+        saved = [v.numpy() for v in model.non_trainable_variables]
+        inference = np.asarray(model(x, training=False))
+        training = np.asarray(model(x, training=True))
+        for variable, value in zip(model.non_trainable_variables, saved):
+            variable.assign(value)
+        return np.abs(inference - training).max() / np.abs(training).max()
+
+    class Before(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            self.value = disagreement(self.model)
+
+    keras.utils.set_random_seed(0)
+    gated = _compiled(keras, 0.4)
+    before = Before()
+    gated.fit(_data(), epochs=4, verbose=0,
+              callbacks=[before, dsa_tf.DSACallback(alpha, verbose=0)])
+    assert int(gates_of(gated)[0].mode.numpy()) == FROZEN
+    assert before.value > 0.1
+    assert disagreement(gated) <= 2e-3
+
+
 def test_the_theta_steps_leave_batchnorm_statistics_alone(keras):
     keras.utils.set_random_seed(0)
     gated = _compiled(keras, 0.4)
