@@ -92,10 +92,11 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
        (:func:`dsa_tf.reestimate_batchnorm` on ``bn_batches`` batches of ``alpha_data``), and
        training goes on with fixed masks to the end of ``fit``. When ``fit`` ends after
        fine-tuning steps, the statistics are re-estimated once more for the final weights:
-       moving averages (momentum 0.99) trail weights that still move, and on a short fit at
-       a constant learning rate that alone cost the stripped network 9 points of test
-       accuracy against its training-mode accuracy (BENCHMARKS.md "DSA with default settings
-       on a user's short schedule"). A checkpoint written at the last epoch's end
+       moving averages (momentum 0.99) trail weights that still move: on an 8-epoch fit at
+       a constant learning rate, without this the stripped network tested 6-16 points below
+       its training-mode accuracy (3 seeds), with it 1-2 points below the unpruned network
+       re-estimated the same way (BENCHMARKS.md "DSA with default settings on a user's short
+       schedule"). A checkpoint written at the last epoch's end
        (``ModelCheckpoint``) has the statistics from before this re-estimation.
 
     The schedule follows the fit (:func:`dsa_tf.allocation.schedule.plan_schedule`): when
