@@ -176,22 +176,27 @@ def test_without_a_deadline_the_miss_is_told_and_strip_warns(keras):
         dsa_tf.strip(gated)
 
 
+def _both_modes(model, batch):
+    """The model's outputs on ``batch`` in inference and in training mode (BatchNorm
+    statistics restored after the training-mode call)."""
+    saved = [v.numpy() for v in model.non_trainable_variables]
+    inference = np.asarray(model(batch, training=False))
+    training = np.asarray(model(batch, training=True))
+    for variable, value in zip(model.non_trainable_variables, saved):
+        variable.assign(value)
+    return inference, training
+
+
 def _at_freeze(keras, batch):
-    """A callback (listed after DSACallback) that, at the step the masks freeze, records the
-    model's outputs on ``batch`` in inference and in training mode (BatchNorm statistics
-    restored after the training-mode call)."""
+    """A callback (listed after DSACallback) that, at the step the masks freeze, records
+    :func:`_both_modes` on ``batch``."""
 
     class AtFreeze(keras.callbacks.Callback):
         outputs = None
 
         def on_train_batch_end(self, step, logs=None):
             if self.outputs is None and int(gates_of(self.model)[0].mode.numpy()) == FROZEN:
-                saved = [v.numpy() for v in self.model.non_trainable_variables]
-                inference = np.asarray(self.model(batch, training=False))
-                training = np.asarray(self.model(batch, training=True))
-                for variable, value in zip(self.model.non_trainable_variables, saved):
-                    variable.assign(value)
-                self.outputs = inference, training
+                self.outputs = _both_modes(self.model, batch)
 
     return AtFreeze()
 
@@ -228,11 +233,7 @@ def test_inference_matches_training_mode_when_fit_ends(keras):
     x = next(iter(alpha))[0]
 
     def disagreement(model):
-        saved = [v.numpy() for v in model.non_trainable_variables]
-        inference = np.asarray(model(x, training=False))
-        training = np.asarray(model(x, training=True))
-        for variable, value in zip(model.non_trainable_variables, saved):
-            variable.assign(value)
+        inference, training = _both_modes(model, x)
         return np.abs(inference - training).max() / np.abs(training).max()
 
     class Before(keras.callbacks.Callback):

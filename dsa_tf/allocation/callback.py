@@ -447,13 +447,13 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._seen = max(self._seen, batch + 1)
-        if self._phase() == FROZEN:
-            self._tuned += 1
+        phase = self._phase()
+        self._tuned += phase == FROZEN
         loss = (logs or {}).get("loss")
         if loss is not None and not np.all(np.isfinite(loss)):
             raise FloatingPointError(self._failure(f"the training loss is {np.asarray(loss)}",
                                                    batch))
-        if self._phase() != STOCHASTIC or self.schedule is None:
+        if phase != STOCHASTIC or self.schedule is None:
             return
         if int(self.gates[0].step.numpy()) % self.schedule.update_every == 0:
             if self.weight_masks == "top_k":

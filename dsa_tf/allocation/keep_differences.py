@@ -42,6 +42,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import tensorflow as tf
@@ -69,32 +70,7 @@ def keep_ratio_differences(model: Any, loss_fn: Any, x: Any, y: Any, *,
         ValueError: a ``delta`` outside (0, 0.5], or a batch with fewer examples than
             replicas.
     """
-    if not 0 < delta <= 0.5:
-        raise ValueError(f"delta must be in (0, 0.5], got {delta}.")
-    return on_replicas(_replica_differences, model, loss_fn, x, y, float(delta))
-
-
-def _replica_differences(model: Any, loss_fn: Any, x: Any, y: Any,
-                         delta: float) -> list[tf.Tensor]:
-    """This replica's weighted share of :func:`keep_ratio_differences`, all-reduced."""
-    x, y, share = replica_slice(x, y)
-
-    def loss() -> tf.Tensor:
-        return share * tf.reduce_mean(loss_fn(y, model(x, training=True)))
-
-    grads = []
-    for gate in gates_of(model):
-        sampled = tf.identity(tf.convert_to_tensor(gate.mask))
-        a = gate.keep_ratio()
-        lo, hi = tf.maximum(a - delta, 0.0), tf.minimum(a + delta, 1.0)
-        losses = []
-        for ratio in (lo, hi):  # variable writes and reads run in program order
-            gate.mask.assign(tf.stop_gradient(gate.sample(ratio)))
-            losses.append(loss())
-        gate.mask.assign(sampled)
-        grads.append((losses[1] - losses[0]) / (hi - lo) * a * (1.0 - a))
-    context = tf.distribute.get_replica_context()
-    return context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+    return _on_replicas(_central_differences, model, loss_fn, x, y, delta)
 
 
 def keep_ratio_top_k_differences(model: Any, loss_fn: Any, x: Any, y: Any, *,
@@ -114,19 +90,50 @@ def keep_ratio_top_k_differences(model: Any, loss_fn: Any, x: Any, y: Any, *,
         ValueError: a ``delta`` outside (0, 0.5], or a batch with fewer examples than
             replicas.
     """
+    return _on_replicas(_top_k_differences, model, loss_fn, x, y, delta)
+
+
+def _on_replicas(signal: Callable, model: Any, loss_fn: Any, x: Any, y: Any,
+                 delta: float) -> list[tf.Tensor]:
+    """``signal(model, loss, delta)`` on every replica's slice of the global batch, summed
+    over the replicas; ``loss()`` is the replica's weighted share of the batch loss in
+    training mode under the gates' current masks."""
     if not 0 < delta <= 0.5:
         raise ValueError(f"delta must be in (0, 0.5], got {delta}.")
-    return on_replicas(_replica_top_k_differences, model, loss_fn, x, y, float(delta))
+    return on_replicas(_replica_signal, model, loss_fn, x, y, signal, float(delta))
 
 
-def _replica_top_k_differences(model: Any, loss_fn: Any, x: Any, y: Any,
-                               delta: float) -> list[tf.Tensor]:
-    """This replica's weighted share of :func:`keep_ratio_top_k_differences`, all-reduced."""
+def _replica_signal(model: Any, loss_fn: Any, x: Any, y: Any, signal: Callable,
+                    delta: float) -> list[tf.Tensor]:
+    """This replica's share of :func:`_on_replicas`, all-reduced."""
     x, y, share = replica_slice(x, y)
 
     def loss() -> tf.Tensor:
         return share * tf.reduce_mean(loss_fn(y, model(x, training=True)))
 
+    context = tf.distribute.get_replica_context()
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, signal(model, loss, delta))
+
+
+def _central_differences(model: Any, loss: Callable, delta: float) -> list[tf.Tensor]:
+    """Per gate, the loss at its masks sampled for a -+ delta (:func:`keep_ratio_differences`)."""
+    grads = []
+    for gate in gates_of(model):
+        sampled = tf.identity(tf.convert_to_tensor(gate.mask))
+        a = gate.keep_ratio()
+        lo, hi = tf.maximum(a - delta, 0.0), tf.minimum(a + delta, 1.0)
+        losses = []
+        for ratio in (lo, hi):  # variable writes and reads run in program order
+            gate.mask.assign(tf.stop_gradient(gate.sample(ratio)))
+            losses.append(loss())
+        gate.mask.assign(sampled)
+        grads.append((losses[1] - losses[0]) / (hi - lo) * a * (1.0 - a))
+    return grads
+
+
+def _top_k_differences(model: Any, loss: Callable, delta: float) -> list[tf.Tensor]:
+    """Per gate, the loss at its top-k mask with fewer channels, every other gate at its top-k
+    mask (:func:`keep_ratio_top_k_differences`); the gates' masks are restored."""
     gates = gates_of(model)
     saved = [tf.identity(tf.convert_to_tensor(gate.mask)) for gate in gates]
     tops = [tf.stop_gradient(gate.top_k_mask()) for gate in gates]
@@ -147,8 +154,7 @@ def _replica_top_k_differences(model: Any, loss_fn: Any, x: Any, y: Any,
                      * a * (1.0 - a))
     for gate, mask in zip(gates, saved):
         gate.mask.assign(mask)
-    context = tf.distribute.get_replica_context()
-    return context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+    return grads
 
 
 def _kept_and_fewer(gate: Any, a: tf.Tensor, delta: float) -> tuple[tf.Tensor, tf.Tensor]:
