@@ -1,5 +1,8 @@
 """DSACallback: the budget is reached inside model.fit, strip meets it, state survives."""
 
+import io
+import logging
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -66,6 +69,20 @@ def test_budget_is_reached_and_strip_meets_it(keras, budget, options):
         assert history[f"dsa_{name}_hard"][-1] == pytest.approx(ratio, abs=1e-6)
     x = next(iter(_data()))[0]
     np.testing.assert_allclose(small(x), gated(x, training=False), rtol=1e-4, atol=1e-4)
+
+
+def test_the_allocation_logs_no_warning_about_dense_gradients(keras):
+    # The resource function once gathered the keep ratios into plan order, and TensorFlow
+    # warned in every user's log that converting the gather's sparse gradient to a dense one
+    # inside the ADMM's jacobians "may make it slow".
+    log = io.StringIO()
+    handler = logging.StreamHandler(log)
+    logging.getLogger("tensorflow").addHandler(handler)
+    try:
+        _fit(keras, {"flops": 0.5}, 3)
+    finally:
+        logging.getLogger("tensorflow").removeHandler(handler)
+    assert "IndexedSlices" not in log.getvalue()
 
 
 def test_top_k_weight_masks_train_the_network_the_allocation_would_end_with(keras):

@@ -103,7 +103,9 @@ class ResourceModel:
         """
         K = len(self.plan.prunable)
         order = np.arange(K) if order is None else np.asarray(list(order))
-        to_plan = tf.constant(np.argsort(order), tf.int32)
+        # a permutation matrix rather than a gather, whose sparse gradient TensorFlow warns
+        # about converting to a dense one inside the ADMM's jacobians
+        to_plan = tf.constant(np.eye(K)[np.argsort(order)], tf.float32)
         parts = []
         for name in names:
             full = self.full(name)
@@ -117,7 +119,7 @@ class ResourceModel:
                 parts.append(lambda a, quadratic=quadratic: quadratic(a)[0])
 
         def resource(keep_ratios: tf.Tensor) -> tf.Tensor:
-            plan_ratios = tf.gather(tf.cast(keep_ratios, tf.float32), to_plan)
+            plan_ratios = tf.linalg.matvec(to_plan, tf.cast(keep_ratios, tf.float32))
             return tf.stack([part(plan_ratios) for part in parts])
 
         return resource
