@@ -36,6 +36,14 @@ Flows (``--flows``):
 The ``unpruned`` row (in the ``pretrained`` flow) is the full network trained for
 ``--epochs`` epochs from the same initial weights: the reference of every flow.
 
+Every arm's final network has its BatchNorm statistics re-estimated for its final weights
+on DSA's alpha data (32 batches, or all there are): DSA's callback does it when fit ends after
+fine-tuning (``DSACallback``'s ``bn_batches``), and the script does the same with
+``reestimate_batchnorm`` for the baselines, the unpruned network and the architecture flow,
+so that no arm is judged with moving averages that trail its weights. Rows measured before
+(setting ``end_of_fit_bn`` 0: no arm re-estimated when its fit ended) are read with
+``--report --end_of_fit_bn=0``.
+
 Cells (``--cells``) are ``architecture:budget``; the architecture fixes the resource:
 
 * ``resnet``: ``dsa_tf.models.cifar_resnet(--depth)``, a FLOPs budget (residual coupling:
@@ -89,6 +97,7 @@ import numpy as np  # noqa: E402
 
 import dsa_tf  # noqa: E402
 from dsa_tf import _keras  # noqa: E402
+from dsa_tf.allocation.callback import BN_BATCHES  # noqa: E402
 from dsa_tf.allocation.one_shot import baseline_allocator  # noqa: E402
 
 METHODS = ("dsa", "dsa_paper", "uniform", "magnitude", "taylor")
@@ -192,6 +201,8 @@ def run_one(arch: str, budget: float, flow: str, method: str, seed: int, splits:
         row["admm_iterations"] = status["admm_iterations"]
         final = dsa_tf.strip(gated)
         row["widths"] = {r["group"]: r["kept"] for r in dsa_tf.allocation_report(gated)}
+    if not is_dsa(method):  # DSA's callback re-estimated them when fit ended
+        dsa_tf.reestimate_batchnorm(final, splits.alpha, args.end_of_fit_bn)
     row.update(
         arch=arch, budget=budget, flow=flow, method=method, seed=seed,
         accuracy=accuracy(final, splits, keras),
@@ -233,7 +244,7 @@ def settings(args: argparse.Namespace) -> dict:
     """What makes two runs of the same arm comparable."""
     return {k: getattr(args, k) for k in ("depth", "image_size", "train_examples", "epochs",
                                           "finetune_epochs", "lr", "finetune_lr",
-                                          "batch_order")}
+                                          "batch_order", "end_of_fit_bn")}
 
 
 def key(row: dict) -> tuple:
@@ -248,6 +259,7 @@ def read_results(path: str) -> list[dict]:
         rows = [json.loads(line) for line in file if line.strip()]
     for row in rows:  # measured before batch_order was a setting
         row["settings"].setdefault("batch_order", "shared")
+        row["settings"].setdefault("end_of_fit_bn", 0)  # measured before every arm did
         if is_dsa(row["method"]) and "dsa_defaults" not in row:  # with the paper's defaults
             row["method"] = row["method"].replace("dsa", "dsa_paper", 1)
     return rows
@@ -381,8 +393,15 @@ def main() -> None:
                         help="per_arm: every arm sees the seed's batches in the same order; "
                              "shared: the order of the earlier results (one dataset per seed, "
                              "each fit takes its next shuffle).")
+    parser.add_argument("--end_of_fit_bn", type=int, default=BN_BATCHES,
+                        help="Alpha batches every arm's BatchNorm statistics are re-estimated "
+                             "on when its fit ends; 0 reads the rows measured before any arm "
+                             "did (with --report only: DSA's callback now always does).")
     parser.add_argument("--report", action="store_true", help="Only print the tables.")
     args = parser.parse_args()
+    if args.end_of_fit_bn != BN_BATCHES and not args.report:
+        parser.error(f"--end_of_fit_bn other than {BN_BATCHES} (DSACallback's bn_batches) "
+                     f"only reads earlier rows, with --report.")
     args.dsa_options = dict(args.dsa_options)
     if not args.report:
         run(args)
