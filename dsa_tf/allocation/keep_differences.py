@@ -108,6 +108,11 @@ def _replica_signal(model: Any, loss_fn: Any, x: Any, y: Any, signal: Callable,
     """This replica's share of :func:`_on_replicas`, all-reduced."""
     x, y, share = replica_slice(x, y)
 
+    # One traced function called 2K (or K + 1) times, not inlined: inlined, every call was
+    # traced and optimised anew, which took 145 s before a MobileNetV2's first ADMM update
+    # and 203 s before a ResNet-56's (29 and 48 s not inlined), for iterations 3-37% faster
+    # (benchmarks/allocation_cost.py, BENCHMARKS.md "The allocation's cost").
+    @tf.function(experimental_attributes={"_noinline": True})
     def loss() -> tf.Tensor:
         return share * tf.reduce_mean(loss_fn(y, model(x, training=True)))
 
