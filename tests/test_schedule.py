@@ -250,6 +250,38 @@ def test_inference_matches_training_mode_when_fit_ends(keras):
     assert disagreement(gated) <= 2e-3
 
 
+def test_one_shot_pruning_with_bn_data_keeps_inference_consistent_with_training(keras):
+    """OneShotCallback given bn_data re-estimates the BatchNorm statistics under the pruned
+    network right after pruning and for the final weights when fit ends; a callback listed
+    before it sees inference and training mode disagree at both points."""
+    alpha = _data(64, seed=1).unbatch().batch(64)
+    x = next(iter(alpha))[0]
+
+    def disagreement(model):
+        inference, training = _both_modes(model, x)
+        return np.abs(inference - training).max() / np.abs(training).max()
+
+    class Seen(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.pruned = disagreement(self.model)
+
+        def on_train_end(self, logs=None):
+            self.ended = disagreement(self.model)
+
+    keras.utils.set_random_seed(0)
+    gated = _compiled(keras, 0.4)
+    keras.utils.set_random_seed(0)
+    gated.fit(_data(), epochs=4, verbose=0, callbacks=[Seen()])  # trained, unpruned
+    before, after = Seen(), Seen()
+    prune = dsa_tf.OneShotCallback(lambda m: dsa_tf.uniform_allocation(m, 0.4),
+                                   warmup_epochs=0, bn_data=alpha, verbose=0)
+    gated.fit(_data(), epochs=4, verbose=0, callbacks=[before, prune, after])
+    assert before.pruned > 0.1 and before.ended > 0.1
+    assert after.pruned <= 2e-3 and disagreement(gated) <= 2e-3
+    with pytest.raises(ValueError, match="bn_batches"):
+        dsa_tf.OneShotCallback(lambda m: {}, bn_data=alpha, bn_batches=-1)
+
+
 def test_the_theta_steps_leave_batchnorm_statistics_alone(keras):
     keras.utils.set_random_seed(0)
     gated = _compiled(keras, 0.4)

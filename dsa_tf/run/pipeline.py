@@ -348,7 +348,7 @@ def _allocation_callback(config: RunConfig, splits: Any, keras: Any, from_logits
     allocate = baseline_allocator(config.allocation, config.budget, resource=config.resource,
                                   round_to=config.round_to,
                                   latency_table=config.latency_table, **data)
-    return OneShotCallback(allocate, warmup_epochs=config.warmup_epochs,
+    return OneShotCallback(allocate, warmup_epochs=config.warmup_epochs, bn_data=splits.alpha,
                            verbose=int(verbose > 0))
 
 
