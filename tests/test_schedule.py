@@ -187,6 +187,13 @@ def _both_modes(model, batch):
     return inference, training
 
 
+def _disagreement(model, batch):
+    """How far inference mode is from training mode on ``batch``, relative to the output
+    scale (:func:`_both_modes`)."""
+    inference, training = _both_modes(model, batch)
+    return np.abs(inference - training).max() / np.abs(training).max()
+
+
 def _at_freeze(keras, batch):
     """A callback (listed after DSACallback) that, at the step the masks freeze, records
     :func:`_both_modes` on ``batch``."""
@@ -233,8 +240,7 @@ def test_inference_matches_training_mode_when_fit_ends(keras):
     x = next(iter(alpha))[0]
 
     def disagreement(model):
-        inference, training = _both_modes(model, x)
-        return np.abs(inference - training).max() / np.abs(training).max()
+        return _disagreement(model, x)
 
     class Before(keras.callbacks.Callback):
         def on_train_end(self, logs=None):
@@ -258,8 +264,7 @@ def test_one_shot_pruning_with_bn_data_keeps_inference_consistent_with_training(
     x = next(iter(alpha))[0]
 
     def disagreement(model):
-        inference, training = _both_modes(model, x)
-        return np.abs(inference - training).max() / np.abs(training).max()
+        return _disagreement(model, x)
 
     class Seen(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
