@@ -194,6 +194,10 @@ def _disagreement(model, batch):
     return np.abs(inference - training).max() / np.abs(training).max()
 
 
+def _frozen(model):
+    return int(gates_of(model)[0].mode.numpy()) == FROZEN
+
+
 def _at_freeze(keras, batch):
     """A callback (listed after DSACallback) that, at the step the masks freeze, records
     :func:`_both_modes` on ``batch``."""
@@ -202,7 +206,7 @@ def _at_freeze(keras, batch):
         outputs = None
 
         def on_train_batch_end(self, step, logs=None):
-            if self.outputs is None and int(gates_of(self.model)[0].mode.numpy()) == FROZEN:
+            if self.outputs is None and _frozen(self.model):
                 self.outputs = _both_modes(self.model, batch)
 
     return AtFreeze()
@@ -231,60 +235,104 @@ def test_inference_matches_training_mode_when_the_masks_freeze(keras):
     assert np.abs(inference - training).max() > 1e-2 * np.abs(training).max()
 
 
-def test_inference_matches_training_mode_when_fit_ends(keras):
+class _Spy:
+    """Callbacks that measure :func:`_disagreement` on ``batch``: at the last weight step of
+    every epoch (``last_step``) and at every epoch's end (``epoch_end``), by epoch, while the
+    gates are frozen (``frozen``: the epochs that ended frozen)."""
+
+    def __init__(self, keras, batch, steps_per_epoch=8):
+        spy = self
+
+        class Spy(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.epoch = epoch
+
+            def on_train_batch_end(self, step, logs=None):
+                if step + 1 == steps_per_epoch and _frozen(self.model):
+                    spy.last_step[self.epoch] = _disagreement(self.model, batch)
+
+            def on_epoch_end(self, epoch, logs=None):
+                if _frozen(self.model):
+                    spy.epoch_end[epoch] = _disagreement(self.model, batch)
+
+        self.last_step, self.epoch_end = {}, {}
+        self.callback = Spy()
+
+
+def _fits_its_validation_metrics(gated, history, validation):
+    """The last epoch's validation loss is the loss of the model fit returned."""
+    return np.isclose(history["val_loss"][-1], gated.evaluate(validation, verbose=0),
+                      rtol=1e-5)
+
+
+def test_inference_matches_training_mode_at_every_fine_tuning_epochs_end(keras):
     """The fine-tuning after the freeze moves the weights away from the statistics estimated
     at the freeze (a callback listed before DSACallback sees inference and training mode
-    disagree when fit ends); DSACallback then re-estimates them for the final weights: on
-    the alpha batch they come from, inference computes what training mode computes."""
+    disagree after each epoch's last weight step); DSACallback then re-estimates them for the
+    weights as they are: at every epoch's end (where ModelCheckpoint writes, listed after it)
+    inference computes what training mode computes on the alpha batch they come from, and
+    the last epoch's validation loss is the final model's."""
     alpha = _data(64, seed=1).unbatch().batch(64)
     x = next(iter(alpha))[0]
-
-    def disagreement(model):
-        return _disagreement(model, x)
-
-    class Before(keras.callbacks.Callback):
-        def on_train_end(self, logs=None):
-            self.value = disagreement(self.model)
-
+    validation = _data(64, seed=2)
     keras.utils.set_random_seed(0)
     gated = _compiled(keras, 0.4)
-    before = Before()
-    gated.fit(_data(), epochs=4, verbose=0,
-              callbacks=[before, dsa_tf.DSACallback(alpha, verbose=0)])
-    assert int(gates_of(gated)[0].mode.numpy()) == FROZEN
-    assert before.value > 0.1
-    assert disagreement(gated) <= 2e-3
+    before, after = _Spy(keras, x), _Spy(keras, x)
+    history = gated.fit(_data(), epochs=4, verbose=0, validation_data=validation,
+                        callbacks=[before.callback, dsa_tf.DSACallback(alpha, verbose=0),
+                                   after.callback]).history
+    assert _frozen(gated) and len(after.epoch_end) >= 2, history["dsa_phase"]
+    assert min(before.last_step.values()) > 0.1
+    assert max(after.epoch_end.values()) <= 2e-3
+    assert _disagreement(gated, x) <= 2e-3
+    assert _fits_its_validation_metrics(gated, history, validation)
 
 
 def test_one_shot_pruning_with_bn_data_keeps_inference_consistent_with_training(keras):
     """OneShotCallback given bn_data re-estimates the BatchNorm statistics under the pruned
-    network right after pruning and for the final weights when fit ends; a callback listed
-    before it sees inference and training mode disagree at both points."""
+    network right after pruning and for the weights every fine-tuning epoch ends with; a
+    callback listed before it sees inference and training mode disagree at both points."""
     alpha = _data(64, seed=1).unbatch().batch(64)
     x = next(iter(alpha))[0]
+    validation = _data(64, seed=2)
 
-    def disagreement(model):
-        return _disagreement(model, x)
-
-    class Seen(keras.callbacks.Callback):
+    class Pruned(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            self.pruned = disagreement(self.model)
-
-        def on_train_end(self, logs=None):
-            self.ended = disagreement(self.model)
+            self.value = _disagreement(self.model, x)
 
     keras.utils.set_random_seed(0)
     gated = _compiled(keras, 0.4)
     keras.utils.set_random_seed(0)
-    gated.fit(_data(), epochs=4, verbose=0, callbacks=[Seen()])  # trained, unpruned
-    before, after = Seen(), Seen()
+    gated.fit(_data(), epochs=4, verbose=0)  # trained, unpruned
+    pruned_before, pruned_after = Pruned(), Pruned()
+    before, after = _Spy(keras, x), _Spy(keras, x)
     prune = dsa_tf.OneShotCallback(lambda m: dsa_tf.uniform_allocation(m, 0.4),
                                    warmup_epochs=0, bn_data=alpha, verbose=0)
-    gated.fit(_data(), epochs=4, verbose=0, callbacks=[before, prune, after])
-    assert before.pruned > 0.1 and before.ended > 0.1
-    assert after.pruned <= 2e-3 and disagreement(gated) <= 2e-3
+    history = gated.fit(_data(), epochs=4, verbose=0, validation_data=validation,
+                        callbacks=[pruned_before, before.callback, prune, pruned_after,
+                                   after.callback]).history
+    assert pruned_before.value > 0.1 and min(before.last_step.values()) > 0.1
+    assert pruned_after.value <= 2e-3 and max(after.epoch_end.values()) <= 2e-3
+    assert len(after.epoch_end) == 4
+    assert _fits_its_validation_metrics(gated, history, validation)
     with pytest.raises(ValueError, match="bn_batches"):
         dsa_tf.OneShotCallback(lambda m: {}, bn_data=alpha, bn_batches=-1)
+
+
+def test_one_shot_pruning_re_estimates_at_epoch_ends_of_unknown_length(keras):
+    """Steps per epoch unknown to Keras (a filtered dataset): OneShotCallback prunes when the
+    second epoch begins and re-estimates when each later epoch ends."""
+    alpha = _data(64, seed=1).unbatch().batch(64)
+    x = next(iter(alpha))[0]
+    keras.utils.set_random_seed(0)
+    gated = _compiled(keras, 0.4)
+    after = _Spy(keras, x)
+    prune = dsa_tf.OneShotCallback(lambda m: dsa_tf.uniform_allocation(m, 0.4),
+                                   bn_data=alpha, verbose=0)
+    unknown = _data().filter(lambda *_: True)
+    gated.fit(unknown, epochs=3, verbose=0, callbacks=[prune, after.callback])
+    assert prune.pruned_at == (1, 0) and sorted(after.epoch_end) == [1, 2]
+    assert max(after.epoch_end.values()) <= 2e-3
 
 
 def test_the_theta_steps_leave_batchnorm_statistics_alone(keras):

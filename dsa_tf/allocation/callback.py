@@ -31,6 +31,7 @@ from dsa_tf.allocation.alpha_data import (
     check_reiterable,
 )
 from dsa_tf.allocation.batch_norm import reestimate_batchnorm
+from dsa_tf.allocation.epoch_statistics import EpochStatistics
 from dsa_tf.allocation.gated_model import gates_of, refresh_importance, resample_masks
 from dsa_tf.allocation.gated_strip import gate_order
 from dsa_tf.allocation.gates import (
@@ -90,14 +91,17 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
        k = ``ChannelGate.kept_count()``, honouring ``round_to``) meets every budget, the masks
        are frozen, the BatchNorm moving statistics are re-estimated under them
        (:func:`dsa_tf.reestimate_batchnorm` on ``bn_batches`` batches of ``alpha_data``), and
-       training goes on with fixed masks to the end of ``fit``. When ``fit`` ends after
-       fine-tuning steps, the statistics are re-estimated once more for the final weights:
-       moving averages (momentum 0.99) trail weights that still move: on an 8-epoch fit at
-       a constant learning rate, without this the stripped network tested 6-16 points below
-       its training-mode accuracy (3 seeds), with it 1-2 points below the unpruned network
+       training goes on with fixed masks to the end of ``fit``. After the last weight step
+       of every fine-tuning epoch (before Keras validates), and when ``fit`` ends in the
+       middle of one, the statistics are re-estimated again for the weights as they are
+       (:class:`dsa_tf.allocation.epoch_statistics.EpochStatistics`): moving averages
+       (momentum 0.99) trail weights that still move: on an 8-epoch fit at a constant
+       learning rate, without this the stripped network tested 6-16 points below its
+       training-mode accuracy (3 seeds), with it 1-2 points below the unpruned network
        re-estimated the same way (BENCHMARKS.md "DSA with default settings on a user's short
-       schedule"). A checkpoint written at the last epoch's end
-       (``ModelCheckpoint``) has the statistics from before this re-estimation.
+       schedule"). So the epoch's validation metrics, and ``ModelCheckpoint`` and
+       ``EarlyStopping(restore_best_weights=True)`` listed after this callback, see
+       statistics that match the weights.
 
     The schedule follows the fit (:func:`dsa_tf.allocation.schedule.plan_schedule`): when
     ``fit`` begins the callback reads its epochs and steps per epoch and, for the arguments
@@ -201,8 +205,8 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
             fine-tuning"). Ignored with ``update_every`` given. A planned end at or before
             the end of the warm-up warns: all the ADMM's iterations would run at one step.
         bn_batches: alpha_data batches for re-estimating the BatchNorm statistics when the
-            masks freeze and when ``fit`` ends after fine-tuning (0: keep the moving averages
-            as they are).
+            masks freeze and at the end of every fine-tuning epoch (0: keep the moving
+            averages as they are).
         loss: loss for the Theta steps, ``loss(y_true, y_pred)``; default: the model's
             compiled loss (a single loss).
         beta2_init: initial steepness of the keep probabilities (paper: 0.05).
@@ -357,7 +361,8 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         self._epochs = int(self.params.get("epochs") or 1)
         self._steps_per_epoch = self.params.get("steps")
         self._seen = 0
-        self._tuned = 0  # weight steps with frozen masks in this fit
+        self._statistics = EpochStatistics(self.alpha_data, self.bn_batches, "alpha_data",
+                                           self._say)
         self.schedule = None
         if self._steps_per_epoch:
             self._plan(int(self._steps_per_epoch))
@@ -448,7 +453,8 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._seen = max(self._seen, batch + 1)
         phase = self._phase()
-        self._tuned += phase == FROZEN
+        self._statistics.batch_end(self.model, batch, phase == FROZEN, self._steps_per_epoch,
+                                   self._epoch)
         loss = (logs or {}).get("loss")
         if loss is not None and not np.all(np.isfinite(loss)):
             raise FloatingPointError(self._failure(f"the training loss is {np.asarray(loss)}",
@@ -473,6 +479,7 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         if self.schedule is None and epoch == 0:  # steps per epoch counted in the first epoch
             self._steps_per_epoch = self._seen
             self._plan(self._seen, counted=True)
+        self._statistics.epoch_end(self.model, epoch)
         if self._phase() == STOCHASTIC:
             for gate in self.gates:
                 gate.beta2.assign(gate.beta2 * self.beta2_growth)
@@ -490,11 +497,7 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
                 logs[f"dsa_{name}_hard"] = hard[name]
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        if self._phase() == FROZEN and self._tuned and self.bn_batches:
-            used = reestimate_batchnorm(self.model, self.alpha_data, self.bn_batches)
-            if used:
-                self._say(f"BatchNorm statistics re-estimated on {used} alpha_data batches "
-                          f"for the weights fit ended with")
+        self._statistics.train_end(self.model)
         if self._phase() != STOCHASTIC:
             return
         if self.finish_by is not None:
@@ -538,6 +541,7 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         self._set_phase(FROZEN)
         if self.bn_batches:
             reestimate_batchnorm(self.model, self.alpha_data, self.bn_batches)
+        self._statistics.covered()
         hard = self._ratios(hard=True)
         summary = ", ".join(f"{n} {hard[n]:.4f} <= {self.gates[0].budget[n]:.4f}"
                             for n in self.resources)

@@ -13,8 +13,9 @@ first step: one-shot pruning of a pre-trained model followed by fine-tuning.
 
 Given ``bn_data`` (held-out or training batches, as DSA's ``alpha_data``), it also treats the
 BatchNorm statistics as DSACallback does: re-estimated under the pruned network right after
-pruning, and for the final weights when fit ends after fine-tuning
-(:func:`dsa_tf.reestimate_batchnorm` on ``bn_batches`` batches). Without it the moving
+pruning, after the last weight step of every fine-tuning epoch and when fit ends in the
+middle of one (:func:`dsa_tf.reestimate_batchnorm` on ``bn_batches`` batches;
+:class:`dsa_tf.allocation.epoch_statistics.EpochStatistics`). Without it the moving
 averages are Keras's: gathered partly under the full width, and trailing the weights. A
 ``keras.applications.MobileNetV2`` (BatchNorm momentum 0.999) pruned to half its FLOPs in a
 6-epoch fit tested at chance (0.1000) as Keras left it and 0.3388 re-estimated
@@ -41,6 +42,7 @@ from dsa_tf import _keras
 from dsa_tf.allocation.apply import apply_allocation
 from dsa_tf.allocation.batch_norm import reestimate_batchnorm
 from dsa_tf.allocation.callback import BN_BATCHES
+from dsa_tf.allocation.epoch_statistics import EpochStatistics
 from dsa_tf.allocation.gated_model import gates_of
 from dsa_tf.allocation.gated_strip import strip
 from dsa_tf.allocation.gates import FROZEN, STOCHASTIC
@@ -96,7 +98,7 @@ class OneShotCallback(_keras.default_keras().callbacks.Callback):
             (1/15 of its steps, :func:`dsa_tf.allocation.schedule.plan_schedule`; the whole
             first epoch when the fit's steps per epoch are unknown); 0: before the first step.
         bn_data: batches of inputs or ``(x, y)`` tuples on which the BatchNorm statistics
-            are re-estimated after pruning and when fit ends after fine-tuning steps (a
+            are re-estimated after pruning and at the end of every fine-tuning epoch (a
             re-iterable dataset or list); None: the moving averages are left to Keras.
         bn_batches: how many batches of ``bn_data`` each re-estimation averages (0: none).
         verbose: 1 prints the step it pruned at and the kept channels per group.
@@ -130,7 +132,8 @@ class OneShotCallback(_keras.default_keras().callbacks.Callback):
         self.bn_batches = int(bn_batches)
         self.verbose = verbose
         self.pruned_at: tuple[int, int] | None = None  # (epoch, batch), both from 0
-        self._tuned = 0  # weight steps after the pruning in this fit
+        self._statistics = EpochStatistics(bn_data, self.bn_batches if bn_data is not None
+                                           else 0, "bn_data", self._say)
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         gates = gates_of(self.model)
@@ -147,7 +150,7 @@ class OneShotCallback(_keras.default_keras().callbacks.Callback):
             epochs, int(steps), warmup_epochs=self.warmup_epochs, finish_by=None).warmup_steps
         self._steps = int(steps or 0)
         self._epoch = 0
-        self._tuned = 0
+        self._statistics.begin_fit()
         if self.warmup_epochs == 0:
             self._prune(0, 0)
 
@@ -162,19 +165,18 @@ class OneShotCallback(_keras.default_keras().callbacks.Callback):
             self._prune(self._epoch, batch)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self._tuned += self.pruned_at is not None
+        self._statistics.batch_end(self.model, batch, self.pruned_at is not None,
+                                   self._steps, self._epoch)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._statistics.epoch_end(self.model, epoch)
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        if self._tuned:
-            self._reestimate("for the weights fit ended with")
+        self._statistics.train_end(self.model)
 
-    def _reestimate(self, when: str) -> None:
-        if self.bn_data is None or not self.bn_batches:
-            return
-        used = reestimate_batchnorm(self.model, self.bn_data, self.bn_batches)
-        if used and self.verbose:
-            print(f"OneShotCallback: BatchNorm statistics re-estimated on {used} bn_data "
-                  f"batches {when}", flush=True)
+    def _say(self, message: str) -> None:
+        if self.verbose:
+            print(f"OneShotCallback: {message}", flush=True)
 
     def _prune(self, epoch: int, batch: int) -> None:
         if self.pruned_at is not None:
@@ -182,9 +184,7 @@ class OneShotCallback(_keras.default_keras().callbacks.Callback):
         if int(gates_of(self.model)[0].mode.numpy()) == FROZEN:
             # Frozen before: restored by BackupAndRestore when a fit resumes, or allocated.
             self.pruned_at = (epoch, batch)
-            if self.verbose:
-                print("OneShotCallback: the gates are already frozen: nothing to prune",
-                      flush=True)
+            self._say("the gates are already frozen: nothing to prune")
             return
         full = strip(self.model, keep={})  # every channel: the network trained so far
         keep = self.allocator(full)
@@ -195,4 +195,9 @@ class OneShotCallback(_keras.default_keras().callbacks.Callback):
                              for g in gates_of(self.model))
             print(f"OneShotCallback: pruned at epoch {epoch + 1}, step {batch + 1}: {kept}",
                   flush=True)
-        self._reestimate("under the pruned network")
+        if self.bn_data is not None and self.bn_batches:
+            used = reestimate_batchnorm(self.model, self.bn_data, self.bn_batches)
+            if used:
+                self._say(f"BatchNorm statistics re-estimated on {used} bn_data batches "
+                          f"under the pruned network")
+        self._statistics.covered()
