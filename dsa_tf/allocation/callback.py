@@ -287,6 +287,7 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         self.finish_by = finish_by
         self.allocate_by = float(allocate_by)
         self.bn_batches = int(bn_batches)
+        self._statistics = EpochStatistics(alpha_data, self.bn_batches, "alpha_data", self._say)
         self.loss = loss
         self.beta2_init = float(beta2_init)
         self.beta2_growth = float(beta2_growth)
@@ -361,8 +362,7 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         self._epochs = int(self.params.get("epochs") or 1)
         self._steps_per_epoch = self.params.get("steps")
         self._seen = 0
-        self._statistics = EpochStatistics(self.alpha_data, self.bn_batches, "alpha_data",
-                                           self._say)
+        self._statistics.begin_fit()
         self.schedule = None
         if self._steps_per_epoch:
             self._plan(int(self._steps_per_epoch))
@@ -453,12 +453,12 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._seen = max(self._seen, batch + 1)
         phase = self._phase()
-        self._statistics.batch_end(self.model, batch, phase == FROZEN, self._steps_per_epoch,
-                                   self._epoch)
         loss = (logs or {}).get("loss")
         if loss is not None and not np.all(np.isfinite(loss)):
             raise FloatingPointError(self._failure(f"the training loss is {np.asarray(loss)}",
                                                    batch))
+        self._statistics.batch_end(self.model, batch, phase == FROZEN, self._steps_per_epoch,
+                                   self._epoch)
         if phase != STOCHASTIC or self.schedule is None:
             return
         if int(self.gates[0].step.numpy()) % self.schedule.update_every == 0:
