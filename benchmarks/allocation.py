@@ -19,7 +19,13 @@ BENCHMARKS.md, "Why DSA's widths follow noise"); rows without the setting are th
 * ``uniform``, ``magnitude``, ``taylor``: the same gated model trained by the same ``fit``
   with ``OneShotCallback``, which applies ``uniform_allocation``, ``magnitude_allocation`` or
   ``taylor_allocation`` (4 training batches) once, at the step where DSA's allocation begins
-  (after the same warm-up), and trains the pruned network for the rest of the fit.
+  (after the same warm-up), and trains the pruned network for the rest of the fit;
+* ``random``: a control of how much the widths matter in a cell: the same, with widths drawn
+  at random around the uniform allocation (:func:`random_allocation`: each group's keep ratio
+  the uniform one times a log-normal factor, spread ``RANDOM_SPREAD``, all scaled to meet the
+  budget), each group keeping its most important channels as the other allocators do. An
+  allocator that chooses widths well should beat it; where it is level with uniform, the
+  cell cannot tell allocators apart.
 
 Flows (``--flows``):
 
@@ -97,11 +103,15 @@ import numpy as np  # noqa: E402
 
 import dsa_tf  # noqa: E402
 from dsa_tf import _keras  # noqa: E402
+from dsa_tf.allocation.budget import meets, validated_budget  # noqa: E402
 from dsa_tf.allocation.callback import BN_BATCHES  # noqa: E402
+from dsa_tf.allocation.importance import channel_importance, top_channels  # noqa: E402
+from dsa_tf.allocation.keep_process import kept_count  # noqa: E402
 from dsa_tf.allocation.one_shot import baseline_allocator  # noqa: E402
 
-METHODS = ("dsa", "dsa_paper", "uniform", "magnitude", "taylor")
+METHODS = ("dsa", "dsa_paper", "uniform", "magnitude", "taylor", "random")
 BASELINES = METHODS[2:]
+RANDOM_SPREAD = 0.5  # standard deviation of the log of the random allocation's factors
 DSA_DEFAULTS = "2026-12-04"  # when DSACallback's defaults last changed; kept in DSA rows
 FLOWS = ("scratch", "pretrained", "architecture")
 RESOURCES = {"resnet": "flops", "vgg": "params"}
@@ -125,6 +135,27 @@ def build(arch: str, args: argparse.Namespace, keras: Any, num_classes: int = 10
             x = layers.MaxPooling2D()(x)
     x = layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, layers.Dense(num_classes, name="logits")(x), name="vgg8")
+
+
+def random_allocation(model: Any, budget: float, resource: str, seed: int) -> dict:
+    """Widths drawn at random: group k keeps the ratio ``s * f_k`` (at most 1), f_k log-normal
+    (``RANDOM_SPREAD``, seeded), s the largest that meets the budget at integer counts
+    (bisection, as :func:`dsa_tf.uniform_allocation` finds its one ratio); each group keeps its
+    most important channels."""
+    resources, fractions, round_to = validated_budget(model, budget, resource, 1, None, ())
+    plan = resources.plan
+    channels = np.array([g.channels for g in plan.prunable])
+    factors = np.exp(np.random.default_rng(seed).normal(0.0, RANDOM_SPREAD, len(channels)))
+
+    def counts(scale: float) -> np.ndarray:
+        return np.asarray(kept_count(np.minimum(scale * factors, 1.0), channels, 1, round_to))
+
+    low, high = 0.0, 1.0 / factors.min()  # at high every group is whole
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if meets(resources, fractions, counts(middle)) else (
+            low, middle)
+    return top_channels(plan, channel_importance(plan), counts(low))
 
 
 def compile_for(model: Any, lr: float, epochs: int, steps: int, keras: Any) -> Any:
@@ -191,8 +222,10 @@ def run_one(arch: str, budget: float, flow: str, method: str, seed: int, splits:
         else:
             taylor = {"data": splits.train, "batches": TAYLOR_BATCHES,
                       "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True)}
-            allocate = baseline_allocator(method, budget, resource=resource,
-                                          **(taylor if method == "taylor" else {}))
+            allocate = (
+                (lambda m: random_allocation(m, budget, resource, seed)) if method == "random"
+                else baseline_allocator(method, budget, resource=resource,
+                                        **(taylor if method == "taylor" else {})))
             callback = dsa_tf.OneShotCallback(allocate, warmup_epochs=warmup, verbose=0)
         compile_for(gated, lr, epochs, splits.steps_per_epoch, keras)
         gated.fit(splits.train, epochs=epochs, verbose=0, callbacks=[callback])
@@ -338,8 +371,8 @@ def report(args: argparse.Namespace) -> None:
                       f"{', '.join(f'{v:.4f}' for v in values)} | {difference} | "
                       f"{ratio:.3f} | {np.mean([r['seconds'] for r in runs]):.0f} |")
     print("\nMean of the per-seed differences to each DSA arm in points, baseline minus DSA "
-          "(standard error over the seeds):\n\n| cell | flow | DSA arm | uniform | magnitude "
-          "| taylor |\n|---|---|---|---:|---:|---:|")
+          f"(standard error over the seeds):\n\n| cell | flow | DSA arm | "
+          f"{' | '.join(BASELINES)} |\n|---|---|---|{'---:|' * len(BASELINES)}")
     for arch, budget in cells:
         for flow in FLOWS:
             cell = [r for r in rows if (r["arch"], r["budget"], r["flow"]) == (arch, budget, flow)]
