@@ -8,8 +8,10 @@ import pytest
 import tensorflow as tf
 
 import dsa_tf
+from dsa_tf.allocation.budget import usage
 from dsa_tf.allocation.gated_model import gates_of
 from dsa_tf.allocation.gates import FROZEN, STOCHASTIC
+from dsa_tf.allocation.resources import ResourceModel
 
 
 def _small_net(keras):
@@ -127,7 +129,7 @@ def test_keep_ratio_trace_records_every_iteration(keras):
     assert trace[-1][1] == pytest.approx(dsa_tf.keep_ratios(gated))
 
 
-def test_round_to_gives_multiples_and_still_meets_the_budget(keras):
+def test_round_to_gives_multiples_and_fills_the_budget(keras):
     model = _small_net(keras)
     gated, history = _fit(keras, 0.5, EPOCHS, round_to=8)
     assert history["dsa_phase"][-1] == 2
@@ -136,6 +138,18 @@ def test_round_to_gives_multiples_and_still_meets_the_budget(keras):
     widths = [g.channels for g in dsa_tf.analyze(small).groups if g.prunable]
     assert widths and all(w % 8 == 0 for w in widths), widths
     assert any(w < full for w, full in zip(widths, (16, 16, 32))), widths
+    # rounding down to the steps leaves no budget unused: no group could keep 8 more
+    plan = dsa_tf.analyze(gated)
+    kept = {row["group"]: row["kept"] for row in dsa_tf.allocation_report(gated)}
+    counts = np.array([kept[g.name] for g in plan.prunable])
+    for k, group in enumerate(plan.prunable):
+        if counts[k] < group.channels:
+            more = counts.copy()
+            more[k] += 8
+            assert usage(ResourceModel(plan), more, ["flops"])["flops"] > 0.5, (group, counts)
+    # the logits hold the frozen counts
+    ratios = dsa_tf.keep_ratios(gated)
+    assert [round(ratios[g.name] * g.channels) for g in plan.prunable] == counts.tolist()
 
 
 def test_allocation_state_survives_a_checkpoint(keras, tmp_path):

@@ -30,9 +30,15 @@ from dsa_tf.allocation.alpha_data import (
     check_alpha_data,
     check_reiterable,
 )
-from dsa_tf.allocation.batch_norm import reestimate_batchnorm
+from dsa_tf.allocation.budget import meets
 from dsa_tf.allocation.epoch_statistics import EpochStatistics
-from dsa_tf.allocation.gated_model import gates_of, refresh_importance, resample_masks
+from dsa_tf.allocation.fitted_counts import fitted_counts
+from dsa_tf.allocation.gated_model import (
+    gates_of,
+    refresh_importance,
+    resample_masks,
+    set_keep_ratios,
+)
 from dsa_tf.allocation.gated_strip import gate_order
 from dsa_tf.allocation.gates import (
     BY_ALLOCATION,
@@ -47,7 +53,11 @@ from dsa_tf.allocation.keep_differences import (
     keep_ratio_top_k_differences,
 )
 from dsa_tf.allocation.keep_gradients import keep_ratio_gradients, resolve_loss
-from dsa_tf.allocation.measured_latency import measured_here, time_against_unpruned
+from dsa_tf.allocation.measured_latency import (
+    measured_here,
+    time_against_unpruned,
+    within_measured_latency,
+)
 from dsa_tf.allocation.resources import ResourceModel
 from dsa_tf.allocation.schedule import (
     ADMM_ITERATIONS,
@@ -127,11 +137,23 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
     The epoch logs then show ``dsa_completed`` = 1, :func:`dsa_tf.budget_status` reports it,
     and the remaining steps fine-tune. ``finish_by=None`` lets the allocation run on across
     several ``fit`` calls instead (a warning at the end of each fit says the budget is not
-    met yet, and :func:`dsa_tf.strip` warns on an over-budget model). Under a latency budget
-    whose table was measured on this device (the default when no table is given), the frozen
-    allocation is also timed against the unpruned network on the device: ``measured_latency``
-    holds the result (``unpruned_ms``, ``stripped_ms``, ``ratio``, ``budget``), and a
-    measurement over the budget warns (the table's prediction is what the ADMM met).
+    met yet, and :func:`dsa_tf.strip` warns on an over-budget model).
+
+    Stepped counts fill the budget: where groups keep multiples of a step (``round_to`` > 1,
+    the default of a latency budget), rounding every group down to its step can leave much
+    of the budget unused, so the masks freeze at counts fitted to it
+    (:func:`dsa_tf.allocation.fitted_counts.fitted_counts`: every logit moved by the largest
+    common shift that meets the budget, then single steps to the groups furthest below
+    their ratios while it holds); the logits are set to the frozen counts. Under a latency
+    budget whose table was measured on this device (the default when no table is given),
+    the fitted allocation is timed against the unpruned network on the device and, while it
+    measures over 97% of the budget (a margin for timing noise), fitted again to a tighter
+    prediction, as the baseline allocators do (:mod:`dsa_tf.allocation.measured_latency`; a
+    budget given in milliseconds is checked as its fraction of the unpruned model's
+    predicted latency). It is never fitted to a looser prediction than the budget, so that
+    :func:`dsa_tf.budget_status` and :func:`dsa_tf.strip` see the budget met;
+    ``measured_latency`` then holds the frozen allocation's final timing (``unpruned_ms``,
+    ``stripped_ms``, ``ratio``, ``budget``), and a measurement over the budget warns.
 
     The epoch logs (progress bar, History, CSVLogger) get ``dsa_phase`` (0 warm-up,
     1 allocation, 2 fine-tuning), ``dsa_beta2``, ``dsa_admm_iterations``, ``dsa_completed``
@@ -533,15 +555,16 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
                          for n in self.resources)
 
     def _freeze(self, frozen_by: int) -> None:
-        """Freezes the top-k masks, re-estimates the BatchNorm statistics under them."""
+        """Freezes the top-k masks (stepped counts fitted to the budget), re-estimates the
+        BatchNorm statistics under them."""
         refresh_importance(self.model)
+        if any(gate.round_to > 1 for gate in self.gates):
+            self._fit_counts()
         self._top_k()
         for gate in self.gates:
             gate.frozen_by.assign(frozen_by)
         self._set_phase(FROZEN)
-        if self.bn_batches:
-            reestimate_batchnorm(self.model, self.alpha_data, self.bn_batches)
-        self._statistics.covered()
+        self._statistics.reestimate(self.model)
         hard = self._ratios(hard=True)
         summary = ", ".join(f"{n} {hard[n]:.4f} <= {self.gates[0].budget[n]:.4f}"
                             for n in self.resources)
@@ -550,6 +573,43 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
                   f"({summary}); masks frozen, fine-tuning")
         if "latency" in self.resources:
             self._time_latency()
+
+    def _fit_counts(self) -> None:
+        """Sets the keep-ratio logits to counts fitted to the budget, timed on this device
+        under a latency budget whose table was measured here (see the class docstring)."""
+        plan = analyze(self.model, self.gates[0].exclude)
+        resources = ResourceModel(plan, self.gates[0].latency_table)
+        order = gate_order(plan, self.gates)  # each gate's index in plan.prunable
+        logits = np.array([float(gate.theta.numpy()) for gate in self.gates])
+        channels = np.array([gate.channels for gate in self.gates])
+        steps = np.array([gate.round_to for gate in self.gates])
+        min_channels = self.gates[0].min_channels
+        names = [plan.prunable[k].name for k in order]
+
+        def allocate(target: dict[str, float]) -> dict[str, np.ndarray]:
+            def meets_target(counts: np.ndarray) -> bool:
+                in_plan = np.zeros(len(plan.prunable), np.int64)
+                in_plan[order] = counts
+                return meets(resources, target, in_plan)
+
+            counts = fitted_counts(logits, channels, min_channels, steps, meets_target)
+            return {name: np.flatnonzero(keep_process.hard_mask(
+                        tf.convert_to_tensor(gate.importance), count / gate.channels,
+                        gate.min_channels, gate.round_to, gate.blocks).numpy())
+                    for name, gate, count in zip(names, self.gates, counts)}
+
+        budget = self.gates[0].budget
+        if "latency" in self.resources and measured_here(resources.latency.table):
+            round_to = np.zeros(len(plan.prunable), np.int64)
+            round_to[order] = steps
+            keep = within_measured_latency(
+                self.model, budget, "latency", resources, budget, allocate,
+                min_channels=min_channels, round_to=round_to, exclude=self.gates[0].exclude,
+                loosen=False, progress=self._say if self.verbose else None)
+        else:
+            keep = allocate(budget)
+        set_keep_ratios(self.model, {gate.group: len(keep[name]) / gate.channels
+                                     for name, gate in zip(names, self.gates)})
 
     def _time_latency(self) -> None:
         """Under a latency budget whose table was measured on this device: times the frozen

@@ -57,9 +57,11 @@ class EpochStatistics:
         self.stale = 0
         self._told = False
 
-    def covered(self) -> None:
-        """The caller has just estimated the statistics for the current weights."""
+    def reestimate(self, model: Any) -> int:
+        """Re-estimates the statistics for the current weights now (e.g. right after
+        pruning); returns the number of batches used (0: none, or ``batches`` is 0)."""
         self.stale = 0
+        return reestimate_batchnorm(model, self.data, self.batches) if self.batches else 0
 
     def batch_end(self, model: Any, batch: int, tuned: bool, steps_per_epoch: int | None,
                   epoch: int) -> None:
@@ -81,10 +83,7 @@ class EpochStatistics:
 
     def _reestimate(self, model: Any, epoch: int | None) -> None:
         """Re-estimates; says so at the end of the fit and at the first epoch's end."""
-        self.stale = 0
-        if not self.batches:
-            return
-        used = reestimate_batchnorm(model, self.data, self.batches)
+        used = self.reestimate(model)
         if not used:
             return
         if epoch is None:

@@ -20,9 +20,10 @@ then along the line through the last two timings, always between the largest pre
 measured within the margin and the smallest measured over it; up to :data:`TRIES`
 allocations. The result is the allocation measured within the margin and closest to it;
 where none was, the fastest, with a warning if it is over the budget itself. A table from
-another device is used as it is (its predictions are all there is), and so is DSA's
-allocation, which the gates learn during training against the prediction (the run report
-shows its measured latency beside the predicted one).
+another device is used as it is (its predictions are all there is). DSA learns its
+allocation against the prediction during training; when its masks freeze,
+:class:`dsa_tf.DSACallback` fits their counts to the budget through this same check,
+tightening only (the run report shows the measured latency beside the predicted one).
 
 A relative budget is checked against the unpruned model's measured latency, an absolute one
 (milliseconds) against the clock.
@@ -70,7 +71,7 @@ def within_measured_latency(model: Any, budget: float | Mapping[str, float], res
                             resources: ResourceModel, fractions: Mapping[str, float],
                             allocate: Callable[[Mapping[str, float]], dict[str, np.ndarray]],
                             *, min_channels: int, round_to: np.ndarray,
-                            exclude: Iterable[str] = (),
+                            exclude: Iterable[str] = (), loosen: bool = True,
                             progress: Callable[[str], None] | None = print,
                             ) -> dict[str, np.ndarray]:
     """``allocate(fractions)``, checked by timing under a latency budget (see the module).
@@ -87,6 +88,9 @@ def within_measured_latency(model: Any, budget: float | Mapping[str, float], res
         min_channels, round_to: the allocator's rounding (round_to per group, plan order):
             no budget is tightened below what the fewest channels predict.
         exclude: as for :func:`dsa_tf.analyze`.
+        loosen: whether an allocation measured under 93% of the budget is allocated again
+            to a looser prediction (False: only tighter ones, so the predicted latency stays
+            within ``fractions``).
         progress: called with a line per check (None: quiet).
 
     Returns:
@@ -119,7 +123,7 @@ def within_measured_latency(model: Any, budget: float | Mapping[str, float], res
                          f"{'within' if ms / full_ms <= cap else 'over'} {cap:.3f}x: the "
                          f"budget's {limit:.3f}x less a {1 - MARGIN:.0%} margin for timing "
                          f"noise)")
-            if CLOSE * limit <= ms / full_ms <= cap or attempt == TRIES:
+            if (CLOSE * limit if loosen else 0.0) <= ms / full_ms <= cap or attempt == TRIES:
                 break
             moved = float(np.clip(_next_target([t[:2] for t in tried], cap), reachable, 1.0))
             if progress:

@@ -40,7 +40,6 @@ from typing import Any
 
 from dsa_tf import _keras
 from dsa_tf.allocation.apply import apply_allocation
-from dsa_tf.allocation.batch_norm import reestimate_batchnorm
 from dsa_tf.allocation.callback import BN_BATCHES
 from dsa_tf.allocation.epoch_statistics import EpochStatistics
 from dsa_tf.allocation.gated_model import gates_of
@@ -195,9 +194,7 @@ class OneShotCallback(_keras.default_keras().callbacks.Callback):
                              for g in gates_of(self.model))
             print(f"OneShotCallback: pruned at epoch {epoch + 1}, step {batch + 1}: {kept}",
                   flush=True)
-        if self.bn_data is not None and self.bn_batches:
-            used = reestimate_batchnorm(self.model, self.bn_data, self.bn_batches)
-            if used:
-                self._say(f"BatchNorm statistics re-estimated on {used} bn_data batches "
-                          f"under the pruned network")
-        self._statistics.covered()
+        used = self._statistics.reestimate(self.model)
+        if used:
+            self._say(f"BatchNorm statistics re-estimated on {used} bn_data batches "
+                      f"under the pruned network")
