@@ -585,6 +585,10 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         steps = np.array([gate.round_to for gate in self.gates])
         min_channels = self.gates[0].min_channels
         names = [plan.prunable[k].name for k in order]
+        rounded = self._ratios(hard=True)
+        self._say("fitting the kept counts to the budget (each group rounded down to its "
+                  "step: " + ", ".join(f"{n} {rounded[n]:.4f} of {self.gates[0].budget[n]:.4f}"
+                                        for n in self.resources) + ")")
 
         def allocate(target: dict[str, float]) -> dict[str, np.ndarray]:
             def meets_target(counts: np.ndarray) -> bool:
