@@ -382,8 +382,9 @@ def test_dsa_tf_prune_with_a_latency_budget_reports_predicted_and_measured(tmp_p
 
 @KERAS3_ONLY
 def test_measuring_operators_keeps_the_converters_native_logs_quiet():
-    """A table converts hundreds of single-operator models; the converter's C++ log lines
-    (several per model at TensorFlow's default log level) must not flood the terminal."""
+    """A table converts hundreds of single-operator models, and its calibration and the
+    timing of allocations convert whole models; the converter's C++ log lines (several per
+    model at TensorFlow's default log level) must not flood the terminal."""
     import os
     import subprocess
     import sys
@@ -395,10 +396,17 @@ def test_measuring_operators_keeps_the_converters_native_logs_quiet():
         "'dilation_rate': [1, 1], 'use_bias': True}\n"
         "import sys; print('start', file=sys.stderr, flush=True)\n"
         "for n in (8, 16):\n"
-        "    assert operator_tflite(signature, n, n)[4:8] == b'TFL3'\n")
+        "    assert operator_tflite(signature, n, n)[4:8] == b'TFL3'\n"
+        "import dsa_tf\n"
+        "from dsa_tf.deploy.profile import tflite_for_timing\n"
+        "model = dsa_tf.models.cifar_resnet(8, input_shape=(8, 8, 3))\n"
+        "assert tflite_for_timing(model, 'float32')[4:8] == b'TFL3'\n"
+        "print('end', file=sys.stderr, flush=True)\n")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     after = result.stderr.split("start", 1)[1]
+    assert "end" in after  # stderr works again after each conversion
     assert "flatbuffer" not in after and "Ignored" not in after, after
+    assert "SavedModel" not in after, after

@@ -200,21 +200,23 @@ def operator_tflite(signature: dict, channels_in: int, channels_out: int,
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
-    with contextlib.redirect_stdout(io.StringIO()), _native_stderr_silenced():
+    with converter_logs_silenced():
         return converter.convert()
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
-    """Sends what native code writes to the process's stderr to /dev/null: the converter
-    logs several lines per model from C++, which a table of hundreds of single-operator
-    models would print (its errors still arrive as Python exceptions)."""
+def converter_logs_silenced() -> Iterator[None]:
+    """Keeps the TFLite converter's logs off the terminal: what it prints to stdout, and what
+    native code writes to the process's stderr (several C++ log lines per model, which a
+    table of hundreds of single-operator models, and the whole-model exports that calibrate
+    and check it, would print). Its errors still arrive as Python exceptions."""
     sys.stderr.flush()
     saved = os.dup(2)
     try:
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 2)
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)

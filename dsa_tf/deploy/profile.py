@@ -39,6 +39,7 @@ from dsa_tf.deploy.latency_model import LatencyModel, fingerprint
 from dsa_tf.deploy.latency_table import (
     STEP,
     LatencyTable,
+    converter_logs_silenced,
     measure_table,
     runtime_version,
     this_device,
@@ -153,7 +154,8 @@ def tflite_for_timing(model: Any, precision: str) -> bytes:
     inputs = _keras.model_inputs(model)
     batches = [{t.name: rng.normal(size=(1,) + tuple(_keras.shape_of(t)[1:])).astype("float32")
                 for t in inputs} for _ in range(4)]
-    return convert(model, "int8" if precision == "int8" else None, batches)
+    with converter_logs_silenced():
+        return convert(model, "int8" if precision == "int8" else None, batches)
 
 
 def _fit(points: list[list[float]]) -> dict[str, float]:
