@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ from dsa_tf.allocation.alpha_data import (
 )
 from dsa_tf.allocation.budget import meets
 from dsa_tf.allocation.epoch_statistics import EpochStatistics
-from dsa_tf.allocation.fitted_counts import fitted_counts
+from dsa_tf.allocation.fitted_counts import fitted_counts, largest_shift
 from dsa_tf.allocation.gated_model import (
     gates_of,
     refresh_importance,
@@ -574,16 +574,34 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         if "latency" in self.resources:
             self._time_latency()
 
+    def _counting(self) -> tuple[Any, ResourceModel, np.ndarray, dict[str, Any]]:
+        """The gated model's plan, its resource model, each gate's index in
+        ``plan.prunable``, and the gates' logits, channels, min_channels and steps (gate
+        order), as :func:`dsa_tf.allocation.fitted_counts.fitted_counts` takes them."""
+        plan = analyze(self.model, self.gates[0].exclude)
+        gates = {"logits": np.array([float(gate.theta.numpy()) for gate in self.gates]),
+                 "channels": np.array([gate.channels for gate in self.gates]),
+                 "min_channels": self.gates[0].min_channels,
+                 "steps": np.array([gate.round_to for gate in self.gates])}
+        return (plan, ResourceModel(plan, self.gates[0].latency_table),
+                gate_order(plan, self.gates), gates)
+
+    @staticmethod
+    def _meets(resources: ResourceModel, order: np.ndarray, target: dict[str, float]
+               ) -> Callable[[np.ndarray], bool]:
+        """Whether counts in gate order meet ``target`` (fractions), as the plan counts."""
+        def meets_target(counts: np.ndarray) -> bool:
+            in_plan = np.zeros(len(order), np.int64)
+            in_plan[order] = counts
+            return meets(resources, target, in_plan)
+
+        return meets_target
+
     def _fit_counts(self) -> None:
         """Sets the keep-ratio logits to counts fitted to the budget, timed on this device
         under a latency budget whose table was measured here (see the class docstring)."""
-        plan = analyze(self.model, self.gates[0].exclude)
-        resources = ResourceModel(plan, self.gates[0].latency_table)
-        order = gate_order(plan, self.gates)  # each gate's index in plan.prunable
-        logits = np.array([float(gate.theta.numpy()) for gate in self.gates])
-        channels = np.array([gate.channels for gate in self.gates])
-        steps = np.array([gate.round_to for gate in self.gates])
-        min_channels = self.gates[0].min_channels
+        plan, resources, order, gates = self._counting()
+        steps, min_channels = gates["steps"], gates["min_channels"]
         names = [plan.prunable[k].name for k in order]
         rounded = self._ratios(hard=True)
         self._say("fitting the kept counts to the budget (each group rounded down to its "
@@ -591,12 +609,7 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
                                         for n in self.resources) + ")")
 
         def allocate(target: dict[str, float]) -> dict[str, np.ndarray]:
-            def meets_target(counts: np.ndarray) -> bool:
-                in_plan = np.zeros(len(plan.prunable), np.int64)
-                in_plan[order] = counts
-                return meets(resources, target, in_plan)
-
-            counts = fitted_counts(logits, channels, min_channels, steps, meets_target)
+            counts = fitted_counts(**gates, meets=self._meets(resources, order, target))
             return {name: np.flatnonzero(keep_process.hard_mask(
                         tf.convert_to_tensor(gate.importance), count / gate.channels,
                         gate.min_channels, gate.round_to, gate.blocks).numpy())
@@ -643,14 +656,10 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
         """Meets the budget now: lowers every keep-ratio logit by the smallest common shift
         whose hard configuration meets every budget, freezes and warns."""
         before = self._over_budget(self._ratios(hard=True))
-        low, high = 0.0, 64.0  # at -64 every group is at its smallest kept count
-        thetas = [float(g.theta.numpy()) for g in self.gates]
-        for _ in range(40):
-            mid = 0.5 * (low + high)
-            if self._meets_budget(self._ratios(hard=True, shift=mid)):
-                high = mid
-            else:
-                low = mid
+        _, resources, order, gates = self._counting()
+        thetas = gates["logits"]
+        high = -largest_shift(**gates, meets=self._meets(resources, order,
+                                                        self.gates[0].budget))
         while True:  # the float32 logits as assigned must meet it, not only the bisection's
             for gate, theta in zip(self.gates, thetas):
                 gate.theta.assign(theta - high)
@@ -667,10 +676,10 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
             f"warmup_epochs and update_every at None so the schedule follows the fit.",
             stacklevel=2)
 
-    def _ratios(self, hard: bool, shift: float = 0.0) -> dict[str, float]:
+    def _ratios(self, hard: bool) -> dict[str, float]:
         ratios = []
         for gate in self.gates:
-            a = tf.sigmoid(tf.convert_to_tensor(gate.theta) - shift)
+            a = tf.sigmoid(tf.convert_to_tensor(gate.theta))
             if hard:
                 a = tf.cast(keep_process.kept_count(a, gate.channels, gate.min_channels,
                                                     gate.round_to), tf.float32) / gate.channels

@@ -56,23 +56,10 @@ def fitted_counts(logits: np.ndarray, channels: np.ndarray, min_channels: int,
     Raises:
         ValueError: the fewest counts do not meet the budget.
     """
-    logits, channels = np.asarray(logits, np.float64), np.asarray(channels, np.int64)
-    steps = np.asarray(steps, np.int64)
-
-    def counts(shift: float) -> np.ndarray:
-        ratios = 1.0 / (1.0 + np.exp(-(logits + shift)))
-        return np.asarray(kept_count(ratios, channels, min_channels, steps), np.int64)
-
-    low, high = -SHIFT_RANGE, SHIFT_RANGE
-    if not meets(counts(low)):
-        raise ValueError("The fewest channels the groups may keep do not meet the budget.")
-    if meets(counts(high)):
-        return counts(high)
-    for _ in range(BISECTIONS):
-        middle = (low + high) / 2
-        low, high = (middle, high) if meets(counts(middle)) else (low, middle)
-    result = counts(low)
-    targets = channels / (1.0 + np.exp(-(logits + low)))
+    channels, steps = np.asarray(channels, np.int64), np.asarray(steps, np.int64)
+    shift = largest_shift(logits, channels, min_channels, steps, meets)
+    result = _counts(logits, shift, channels, min_channels, steps)
+    targets = channels / (1.0 + np.exp(-(np.asarray(logits, np.float64) + shift)))
     while True:
         raised = [np.where(np.arange(len(result)) == k,
                            np.minimum(result + steps, channels), result)
@@ -81,3 +68,35 @@ def fitted_counts(logits: np.ndarray, channels: np.ndarray, min_channels: int,
         if not open_:
             return result
         result = raised[max(open_, key=lambda k: (targets[k] - result[k]) / steps[k])]
+
+
+def largest_shift(logits: np.ndarray, channels: np.ndarray, min_channels: int,
+                  steps: np.ndarray, meets: Callable[[np.ndarray], bool]) -> float:
+    """The largest common shift s in [-64, 64] (by bisection) such that the counts kept at
+    ``sigmoid(logits + s)`` (:func:`dsa_tf.allocation.keep_process.kept_count`) meet the
+    budget; arguments as for :func:`fitted_counts`.
+
+    Example:
+        >>> round(largest_shift(np.zeros(2), np.array([10, 10]), 1, np.ones(2),
+        ...                     lambda counts: counts.sum() <= 10), 2)   # 5 of 10 each
+        0.2
+
+    Raises:
+        ValueError: the fewest counts do not meet the budget.
+    """
+    low, high = -SHIFT_RANGE, SHIFT_RANGE
+    if not meets(_counts(logits, low, channels, min_channels, steps)):
+        raise ValueError("The fewest channels the groups may keep do not meet the budget.")
+    if meets(_counts(logits, high, channels, min_channels, steps)):
+        return high
+    for _ in range(BISECTIONS):
+        middle = (low + high) / 2
+        met = meets(_counts(logits, middle, channels, min_channels, steps))
+        low, high = (middle, high) if met else (low, middle)
+    return low
+
+
+def _counts(logits: np.ndarray, shift: float, channels: np.ndarray, min_channels: int,
+            steps: np.ndarray) -> np.ndarray:
+    ratios = 1.0 / (1.0 + np.exp(-(np.asarray(logits, np.float64) + shift)))
+    return np.asarray(kept_count(ratios, channels, min_channels, steps), np.int64)
