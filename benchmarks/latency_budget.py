@@ -5,8 +5,8 @@ with logits outputs; random weights, BatchNorms given random statistics: timing 
 script:
 
 1. measures the model's latency table on this machine with
-   ``dsa_tf.deploy.profile.profile_latency`` (float32, ``--threads`` threads; the time it
-   takes is reported);
+   ``dsa_tf.deploy.profile.profile_latency`` (``--precision``, float32 by default;
+   ``--threads`` threads; the time it takes is reported);
 2. prunes it to ``--budget`` (50%) of its latency with ``dsa_tf.uniform_allocation(model,
    0.5, resource="latency", latency_table=...)`` (one keep ratio for every group, the largest
    the table predicts within the budget) and with ``dsa_tf.magnitude_allocation`` (a global
@@ -22,23 +22,27 @@ script:
    a FLOPs budget) and 16 (rounding by hand, as BENCHMARKS.md "LiteRT latency" did), to find
    the FLOPs a FLOPs budget has to give up to be as fast as the latency arm (where a budget
    is below what a rounding reaches, the fewest channels that rounding allows: "fewest");
-4. exports every variant and the unpruned model to float32 ``.tflite`` (verified) and times
+4. exports every variant and the unpruned model to ``.tflite`` in that precision (verified;
+   int8: full integer, calibrated on 32 random-normal inputs, as benchmarks/latency.py) and times
    them side by side in one ``dsa_tf.compare_tflite_latency`` run (interleaved rounds, each
    the minimum of ``--invokes`` invokes; a model's latency is its fastest of ``--rounds``
    rounds, which repeats within about 1.5% here where the median of the rounds varies by up
    to 15%: :mod:`dsa_tf.deploy.timing`; ratios of the medians are printed beside), with
    the latency the table predicts for each.
 
-Acceptance, printed as PASS/FAIL: the latency arm's measured latency is at most 0.52x the
-unpruned model's, its prediction (and the unpruned model's) is within 10% of the measurement,
-and ResNet-56's table takes under 3 minutes; and capacity at equal latency: the arm keeps more
-FLOPs than the FLOPs budgets of the same allocator (either rounding) keep at its measured
-latency (:func:`frontier`: the best variant as fast, interpolated towards the next slower one).
+Acceptance, printed as PASS/FAIL: the latency arm's measured latency is at most 1.04 times
+the budget (0.52x the unpruned model's at 0.5), its prediction (and the unpruned model's) is
+within 10% of the measurement, and ResNet-56's table takes under 3 minutes; and capacity at
+equal latency: the arm keeps more FLOPs than the FLOPs budgets of the same allocator (either
+rounding) keep at its measured latency (:func:`frontier`: the best variant as fast,
+interpolated towards the next slower one).
 
 Run from the repository root (about 40 minutes on 2 CPU cores, most of it MobileNetV2):
 
     .venv/bin/python benchmarks/latency_budget.py
     .venv/bin/python benchmarks/latency_budget.py --models resnet56 --rounds 21
+    .venv/bin/python benchmarks/latency_budget.py --models mobilenetv2 --precision int8 \
+        --budget 0.7
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ from int8_zoo import randomize_batchnorms  # noqa: E402
 from latency import build  # noqa: E402
 
 MODELS = ("resnet56", "mobilenetv2")
-MAX_RATIO = 0.52
+MAX_OVER = 1.04  # the measured latency ratio may be this much over the budget (0.52x at 0.5)
 MAX_ERROR = 0.10
 MAX_TABLE_SECONDS = {"resnet56": 180}
 # FLOPs budgets, as fractions of a latency arm's FLOPs: above it too, so that the FLOPs-budgeted
@@ -108,6 +112,17 @@ def variants(model: Any, table_path: str, budget: float) -> list[tuple[str, int,
     return result
 
 
+def export_options(model: Any, precision: str) -> dict:
+    """``export_tflite`` arguments for ``precision``: int8 calibrated on 32 random-normal
+    inputs of the model's shape (timing only)."""
+    if precision == "float32":
+        return {}
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    rng = np.random.default_rng(1)
+    return {"quantize": "int8", "representative_data": [
+        rng.normal(size=(1,) + shape).astype("float32") for _ in range(32)]}
+
+
 def frontier(points: list[tuple[float, float]], ms: float) -> float | None:
     """The most FLOPs the FLOPs-budgeted variants ``points`` ((measured ms, FLOPs ratio)) keep
     at latency ``ms``: the best variant at most that fast, or, between it and the next slower
@@ -130,6 +145,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--invokes", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--precision", default="float32", choices=("float32", "int8"))
     parser.add_argument("--tables", default=None,
                         help="Directory to keep the measured tables in (default: temporary).")
     args = parser.parse_args()
@@ -143,7 +159,7 @@ def main() -> int:
             model = build(name)
             randomize_batchnorms(model, rng)
             started = time.perf_counter()
-            table = profile_latency(model, threads=args.threads)
+            table = profile_latency(model, precision=args.precision, threads=args.threads)
             table_seconds = time.perf_counter() - started
             table_path = os.path.join(tables, f"{name}_table.json")
             table.save(table_path)
@@ -161,7 +177,8 @@ def main() -> int:
             for i, (_, _, keep) in enumerate(entries):
                 small = dsa_tf.strip(model, keep) if keep else model
                 paths.append(dsa_tf.export_tflite(
-                    small, os.path.join(directory, f"{name}_{i}.tflite")).path)
+                    small, os.path.join(directory, f"{name}_{i}.tflite"),
+                    **export_options(model, args.precision)).path)
             reports = dsa_tf.compare_tflite_latency(paths, threads=args.threads,
                                                     rounds=args.rounds, invokes=args.invokes)
             base, base_median = reports[0].min_ms, reports[0].median_ms  # see the docstring
@@ -181,9 +198,10 @@ def main() -> int:
                     verdicts.append((f"{name} {label}: prediction error {error:+.1%}",
                                      abs(error) <= MAX_ERROR))
                 if label.startswith("latency"):
+                    limit = MAX_OVER * args.budget
                     verdicts.append((f"{name} {label}: measured latency ratio "
-                                     f"{report.min_ms / base:.3f} (<= {MAX_RATIO})",
-                                     report.min_ms / base <= MAX_RATIO))
+                                     f"{report.min_ms / base:.3f} (<= {limit:.3f})",
+                                     report.min_ms / base <= limit))
             if name in MAX_TABLE_SECONDS:
                 verdicts.append((f"{name} table: {table_seconds:.0f} s "
                                  f"(< {MAX_TABLE_SECONDS[name]} s)",

@@ -10,7 +10,7 @@ import tensorflow as tf
 import dsa_tf
 from dsa_tf.allocation.budget import usage
 from dsa_tf.allocation.gated_model import gates_of
-from dsa_tf.allocation.measured_latency import MARGIN
+from dsa_tf.allocation.measured_latency import MARGIN, timed_search
 from dsa_tf.allocation.report import predicted_latency
 from dsa_tf.allocation.resources import ResourceModel
 from dsa_tf.deploy import profile as profile_module
@@ -215,6 +215,51 @@ def test_an_allocation_is_timed_where_its_table_was_measured_and_moved_to_the_bu
     assert ratio["optimistic timed"] <= 0.6 * 1.05  # (timings repeat within a few percent)
     assert ratio["pessimistic as predicted"] < 0.55  # the budget's latency left unused
     assert ratio["pessimistic as predicted"] < ratio["pessimistic timed"] <= 0.6 * 1.05
+
+
+class Cliff:
+    """An allocator whose steps give one allocation over a range of budgets (kept channels
+    ``steps[k]`` for budgets from ``starts[k]``), and a device on which each allocation
+    measures ``ratios[k]`` of the unpruned latency; counts the timings."""
+
+    def __init__(self, starts, steps, ratios):
+        self.starts, self.steps, self.ratios, self.timed = starts, steps, ratios, 0
+
+    def allocate(self, fractions):
+        k = np.searchsorted(self.starts, fractions["latency"], side="right") - 1
+        return {"conv": np.arange(self.steps[max(k, 0)])}
+
+    def measure(self, keep):
+        self.timed += 1
+        return 2.0, 2.0 * self.ratios[self.steps.index(keep["conv"].size)]
+
+    def search(self, budget, **options):
+        return timed_search(self.allocate({"latency": budget}), self.allocate,
+                            lambda keep: keep["conv"].size / 100, self.measure,
+                            {"latency": budget}, **options)["conv"].size
+
+
+def test_a_measured_cliff_between_allocations_is_searched_not_given_up_on(capsys):
+    # 48 channels measure over the budget's margin, 30 far under it (a cliff); 46 keeps the
+    # budget, but only budgets in [0.46, 0.48) give it: the first re-allocations land on 30
+    # again, each narrows the range, and the search finds 46 without timing 30 twice
+    cliff = Cliff([0.0, 0.46, 0.48], [30, 46, 48], [0.34, 0.47, 0.52])
+    assert cliff.search(0.5) == 46
+    assert cliff.timed == 3
+    printed = capsys.readouterr().out
+    assert "0.470x" in printed and "within" in printed
+    # tightening only (DSA's frozen counts): the first allocation within the margin stays
+    cliff.timed = 0
+    assert cliff.search(0.5, loosen=False) == 30 and cliff.timed == 2
+    # nothing in between: the allocation within the budget, and the user is told why
+    gap = Cliff([0.0, 0.48], [30, 48], [0.34, 0.52])
+    assert gap.search(0.5) == 30
+    assert "allow nothing in between" in capsys.readouterr().out
+    assert gap.timed == 2
+    # over the budget whatever the allocation: the fastest, with a warning
+    slow = Cliff([0.0, 0.48], [30, 48], [0.55, 0.6])
+    with pytest.warns(UserWarning, match="over the budget"):
+        assert slow.search(0.5, progress=None) == 30
 
 
 def test_a_global_threshold_under_a_latency_budget_cuts_where_time_buys_least_computation(

@@ -18,7 +18,11 @@ ResNet-56 allocated to half its latency measured 0.442x: BENCHMARKS.md "Latency 
 The next prediction aims at 95% (:data:`AIM`): the last one scaled by its measured error,
 then along the line through the last two timings, always between the largest prediction
 measured within the margin and the smallest measured over it; up to :data:`TRIES`
-allocations. The result is the allocation measured within the margin and closest to it;
+allocations timed. An allocation the allocator returns again is not timed again: it counts as
+measured at the budget that gave it and the search goes on between (:func:`timed_search`), so
+that a cliff in the runtime's times between two allocations (0.50x, then 0.34x for the next
+tighter one) does not leave a third of the budget unused where an allocation between exists.
+The result is the allocation measured within the margin and closest to it;
 where none was, the fastest, with a warning if it is over the budget itself. A table from
 another device is used as it is (its predictions are all there is). DSA learns its
 allocation against the prediction during training; when its masks freeze,
@@ -53,7 +57,8 @@ from dsa_tf.deploy.latency_table import LatencyTable, runtime_version, this_devi
 from dsa_tf.deploy.profile import tflite_for_timing
 from dsa_tf.deploy.timing import compare_tflite_latency
 
-TRIES = 4  # allocations at most: the first, and three moved by the measurements
+TRIES = 4  # allocations timed at most: the first, and three moved by the measurements
+SAME = 6  # budgets tried between two timings while the allocator returns allocations timed before
 # An allocation is kept when it measures within MARGIN of the budget and at least CLOSE of
 # it; later allocations aim at AIM. The margin is for timing noise: on a 2-core VM one
 # MobileNetV2 allocation measured 0.498x in its check and 0.530x in a later run of the
@@ -106,36 +111,102 @@ def within_measured_latency(model: Any, budget: float | Mapping[str, float], res
     latency_ms = float(given["latency"]) if given["latency"] > 1 else None
     fewest = fewest_counts(resources.plan, min_channels, round_to)
     reachable = usage(resources, fewest, ["latency"])["latency"]
-    tried = []  # (predicted, measured, keep) of each allocation timed
+
+    def predict(keep: Mapping[str, np.ndarray]) -> float:
+        return resources.fractions(resources.plan.keep_ratios(keep), ["latency"])["latency"]
+
     with tempfile.TemporaryDirectory() as directory:
         unpruned = _export(strip(model, keep={}, exclude=exclude), table.precision, directory,
                            "unpruned")  # without gates, if ``model`` is gated
-        for attempt in range(1, TRIES + 1):
-            full_ms, ms = _time(table, unpruned, _export(
-                strip(model, keep, exclude=exclude), table.precision, directory, f"try_{attempt}"))
-            limit = fractions["latency"] if latency_ms is None else latency_ms / full_ms
-            cap = MARGIN * limit
-            predicted = resources.fractions(resources.plan.keep_ratios(keep), ["latency"])
-            tried.append((predicted["latency"], ms / full_ms, keep))
-            if progress:
-                progress(f"latency: the allocation measures {ms:.3f} ms, {ms / full_ms:.3f}x "
-                         f"the unpruned model's {full_ms:.3f} ms on this device ("
-                         f"{'within' if ms / full_ms <= cap else 'over'} {cap:.3f}x: the "
-                         f"budget's {limit:.3f}x less a {1 - MARGIN:.0%} margin for timing "
-                         f"noise)")
-            if (CLOSE * limit if loosen else 0.0) <= ms / full_ms <= cap or attempt == TRIES:
-                break
-            moved = float(np.clip(_next_target([t[:2] for t in tried], cap), reachable, 1.0))
-            if progress:
-                progress(f"latency: allocating again to {moved:.3f} of the predicted latency, "
-                         f"{'tighter' if ms / full_ms > cap else 'looser'} (attempt "
-                         f"{attempt + 1} of {TRIES})")
+        timed = iter(range(1, TRIES + 1))
+
+        def measure(keep: Mapping[str, np.ndarray]) -> tuple[float, float]:
+            return _time(table, unpruned, _export(strip(model, keep, exclude=exclude),
+                                                  table.precision, directory,
+                                                  f"try_{next(timed)}"))
+
+        return timed_search(keep, allocate, predict, measure, fractions,
+                            latency_ms=latency_ms, reachable=reachable, loosen=loosen,
+                            progress=progress)
+
+
+def timed_search(keep: dict[str, np.ndarray],
+                 allocate: Callable[[Mapping[str, float]], dict[str, np.ndarray]],
+                 predict: Callable[[Mapping[str, np.ndarray]], float],
+                 measure: Callable[[Mapping[str, np.ndarray]], tuple[float, float]],
+                 fractions: Mapping[str, float], *, latency_ms: float | None = None,
+                 reachable: float = 0.0, loosen: bool = True,
+                 progress: Callable[[str], None] | None = print) -> dict[str, np.ndarray]:
+    """The search of :func:`within_measured_latency`, given how to allocate, predict and
+    measure: up to :data:`TRIES` allocations timed, starting from ``keep``.
+
+    Between timings, an allocation the allocator returns again (its steps: a range of
+    predicted budgets gives one allocation) is not timed again: it counts as measured at the
+    budget that gave it, which narrows the range left to search, and the allocator is asked
+    again, up to :data:`SAME` times per timing, so that a cliff in the measurements between
+    two allocations is searched rather than given up on.
+
+    Args:
+        keep: the first allocation (``allocate(fractions)``).
+        allocate: ``fractions -> keep dict``, the allocator at a budget.
+        predict: ``keep dict -> predicted latency``, a fraction of the unpruned model's.
+        measure: ``keep dict -> (unpruned ms, ms)``, timed side by side.
+        fractions: the budget as fractions of the model's resources.
+        latency_ms: an absolute budget in milliseconds (None: ``fractions["latency"]`` of
+            the unpruned model's measured latency).
+        reachable: the smallest predicted latency the allocator's rounding reaches.
+        loosen, progress: as for :func:`within_measured_latency`.
+
+    Returns:
+        The allocation chosen as :func:`within_measured_latency` describes.
+
+    Example:
+        An allocator with three allocations (30, 46 or 48 channels kept, by the budget
+        given), and the latency each measures (a cliff below 46):
+
+        >>> ratio = {30: 0.34, 46: 0.47, 48: 0.52}
+        >>> def allocate(fractions):
+        ...     budget = fractions["latency"]
+        ...     return {"conv": np.arange(30 if budget < 0.46 else 46 if budget < 0.48 else 48)}
+        >>> keep = timed_search(allocate({"latency": 0.5}), allocate,
+        ...                     lambda keep: keep["conv"].size / 100,
+        ...                     lambda keep: (1.0, ratio[keep["conv"].size]),
+        ...                     {"latency": 0.5}, progress=None)
+        >>> keep["conv"].size  # 48: over 0.485x; 30: far under; 46 found between them
+        46
+    """
+    tried = []  # (predicted, measured, keep) of each allocation timed
+    pairs = []  # (predicted, measured) pairs that steer the search, timed or not
+    for attempt in range(1, TRIES + 1):
+        full_ms, ms = measure(keep)
+        limit = fractions["latency"] if latency_ms is None else latency_ms / full_ms
+        cap = MARGIN * limit
+        tried.append((predict(keep), ms / full_ms, keep))
+        pairs.append(tried[-1][:2])
+        if progress:
+            progress(f"latency: the allocation measures {ms:.3f} ms, {ms / full_ms:.3f}x "
+                     f"the unpruned model's {full_ms:.3f} ms on this device ("
+                     f"{'within' if ms / full_ms <= cap else 'over'} {cap:.3f}x: the "
+                     f"budget's {limit:.3f}x less a {1 - MARGIN:.0%} margin for timing "
+                     f"noise)")
+        if (CLOSE * limit if loosen else 0.0) <= ms / full_ms <= cap or attempt == TRIES:
+            break
+        for _ in range(SAME):
+            moved = float(np.clip(_next_target(pairs, cap), reachable, 1.0))
             keep = allocate({**fractions, "latency": moved})
-            if any(_same(keep, before) for *_, before in tried):
-                if progress:
-                    progress("latency: the same allocation as one measured before: the "
-                             "allocator's steps allow nothing in between")
+            before = next((t for t in tried if _same(keep, t[2])), None)
+            if before is None:
                 break
+            pairs.append((moved, before[1]))  # measured as before, at this budget
+        else:
+            if progress:
+                progress("latency: the allocator returns only allocations measured before: "
+                         "its steps allow nothing in between")
+            break
+        if progress:
+            progress(f"latency: allocating again to {moved:.3f} of the predicted latency, "
+                     f"{'tighter' if ms / full_ms > cap else 'looser'} (attempt "
+                     f"{attempt + 1} of {TRIES})")
     within = [t for t in tried if t[1] <= cap]
     if within:
         return max(within, key=lambda t: t[1])[2]
@@ -146,7 +217,7 @@ def within_measured_latency(model: Any, budget: float | Mapping[str, float], res
                   f"on this device, over the budget's {limit:.3f}x, after {len(tried)} "
                   f"allocation(s) (the smallest reachable prediction is {reachable:.3f}). "
                   f"Timings vary with the machine's load: measure on a quiet machine, or give "
-                  f"a lower budget.", stacklevel=3)
+                  f"a lower budget.", stacklevel=4)
     return fastest[2]
 
 
