@@ -107,6 +107,7 @@ from dsa_tf.allocation.budget import meets, validated_budget  # noqa: E402
 from dsa_tf.allocation.callback import BN_BATCHES  # noqa: E402
 from dsa_tf.allocation.importance import channel_importance, top_channels  # noqa: E402
 from dsa_tf.allocation.keep_process import kept_count  # noqa: E402
+from dsa_tf.allocation.largest_passing import largest_passing  # noqa: E402
 from dsa_tf.allocation.one_shot import baseline_allocator  # noqa: E402
 
 METHODS = ("dsa", "dsa_paper", "uniform", "magnitude", "taylor", "random")
@@ -140,7 +141,8 @@ def build(arch: str, args: argparse.Namespace, keras: Any, num_classes: int = 10
 def random_allocation(model: Any, budget: float, resource: str, seed: int) -> dict:
     """Widths drawn at random: group k keeps the ratio ``s * f_k`` (at most 1), f_k log-normal
     (``RANDOM_SPREAD``, seeded), s the largest that meets the budget at integer counts
-    (bisection, as :func:`dsa_tf.uniform_allocation` finds its one ratio); each group keeps its
+    (:func:`dsa_tf.allocation.largest_passing.largest_passing`, as
+    :func:`dsa_tf.uniform_allocation` finds its one ratio); each group keeps its
     most important channels."""
     resources, fractions, round_to = validated_budget(model, budget, resource, 1, None, ())
     plan = resources.plan
@@ -150,12 +152,10 @@ def random_allocation(model: Any, budget: float, resource: str, seed: int) -> di
     def counts(scale: float) -> np.ndarray:
         return np.asarray(kept_count(np.minimum(scale * factors, 1.0), channels, 1, round_to))
 
-    low, high = 0.0, 1.0 / factors.min()  # at high every group is whole
-    for _ in range(60):
-        middle = (low + high) / 2
-        low, high = (middle, high) if meets(resources, fractions, counts(middle)) else (
-            low, middle)
-    return top_channels(plan, channel_importance(plan), counts(low))
+    # at 1 / min(f) every group is whole
+    scale = largest_passing(lambda s: meets(resources, fractions, counts(s)), 0.0,
+                            1.0 / factors.min())
+    return top_channels(plan, channel_importance(plan), counts(scale))
 
 
 def compile_for(model: Any, lr: float, epochs: int, steps: int, keras: Any) -> Any:

@@ -53,6 +53,7 @@ from dsa_tf.allocation.keep_differences import (
     keep_ratio_top_k_differences,
 )
 from dsa_tf.allocation.keep_gradients import keep_ratio_gradients, resolve_loss
+from dsa_tf.allocation.largest_passing import largest_passing
 from dsa_tf.allocation.measured_latency import (
     measured_here,
     time_against_unpruned,
@@ -436,15 +437,10 @@ class DSACallback(_keras.default_keras().callbacks.Callback):
     def _uniform_ratio(self) -> float:
         """The keep ratio r whose configuration (every group at r) meets every budget
         exactly, by bisection on the resource function."""
-        low, high = 0.0, 1.0
         ones = tf.ones([len(self.gates)], tf.float32)
-        for _ in range(40):
-            mid = 0.5 * (low + high)
-            if bool(tf.reduce_all(self.resource(mid * ones) <= self.budgets)):
-                low = mid
-            else:
-                high = mid
-        return low
+        return largest_passing(
+            lambda r: bool(tf.reduce_all(self.resource(r * ones) <= self.budgets)), 0.0, 1.0,
+            halvings=40)
 
     # ------------------------------------------------------------- the phases
     def _phase(self) -> int:

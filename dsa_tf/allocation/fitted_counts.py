@@ -33,9 +33,9 @@ from collections.abc import Callable
 import numpy as np
 
 from dsa_tf.allocation.keep_process import kept_count
+from dsa_tf.allocation.largest_passing import largest_passing
 
 SHIFT_RANGE = 64.0  # logits: at -64 every group is at its fewest channels, at +64 whole
-BISECTIONS = 60
 
 
 def fitted_counts(logits: np.ndarray, channels: np.ndarray, min_channels: int,
@@ -84,16 +84,12 @@ def largest_shift(logits: np.ndarray, channels: np.ndarray, min_channels: int,
     Raises:
         ValueError: the fewest counts do not meet the budget.
     """
-    low, high = -SHIFT_RANGE, SHIFT_RANGE
-    if not meets(_counts(logits, low, channels, min_channels, steps)):
+    def test(shift: float) -> bool:
+        return meets(_counts(logits, shift, channels, min_channels, steps))
+
+    if not test(-SHIFT_RANGE):
         raise ValueError("The fewest channels the groups may keep do not meet the budget.")
-    if meets(_counts(logits, high, channels, min_channels, steps)):
-        return high
-    for _ in range(BISECTIONS):
-        middle = (low + high) / 2
-        met = meets(_counts(logits, middle, channels, min_channels, steps))
-        low, high = (middle, high) if met else (low, middle)
-    return low
+    return largest_passing(test, -SHIFT_RANGE, SHIFT_RANGE)
 
 
 def _counts(logits: np.ndarray, shift: float, channels: np.ndarray, min_channels: int,

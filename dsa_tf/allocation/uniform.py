@@ -27,9 +27,8 @@ import numpy as np
 from dsa_tf.allocation.budget import meets, validated_budget
 from dsa_tf.allocation.importance import channel_importance, top_channels
 from dsa_tf.allocation.keep_process import kept_count
+from dsa_tf.allocation.largest_passing import largest_passing
 from dsa_tf.allocation.measured_latency import within_measured_latency
-
-BISECTIONS = 60  # halvings of [0, 1]: far below the spacing of integer channel ratios
 
 
 def uniform_allocation(model: Any, budget: float | Mapping[str, float], *,
@@ -77,15 +76,9 @@ def uniform_allocation(model: Any, budget: float | Mapping[str, float], *,
         return np.asarray(kept_count(ratio, channels, int(min_channels), round_to))
 
     def allocate(target: Mapping[str, float]) -> dict[str, np.ndarray]:
-        low, high = 0.0, 1.0  # counts(0), the fewest channels, meets the budget (validated)
-        if meets(resources, target, counts(high)):
-            low = high
-        else:
-            for _ in range(BISECTIONS):
-                middle = (low + high) / 2
-                met = meets(resources, target, counts(middle))
-                low, high = (middle, high) if met else (low, middle)
-        return top_channels(plan, importance, counts(low))
+        # counts(0), the fewest channels, meets the budget (validated)
+        ratio = largest_passing(lambda r: meets(resources, target, counts(r)), 0.0, 1.0)
+        return top_channels(plan, importance, counts(ratio))
 
     importance = channel_importance(plan)
     return within_measured_latency(model, budget, resource, resources, fractions, allocate,
