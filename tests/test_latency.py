@@ -170,9 +170,11 @@ def test_an_allocation_is_timed_where_its_table_was_measured_and_moved_to_the_bu
     the user over the budget, nor far under it: the allocator times what it chose against
     the unpruned model and allocates again, to a tighter prediction where the table predicts
     too little (15% of the unpruned model's time missing: a model predicted at 60% of the
-    latency runs slower), to a looser one where it predicts too much (30% too much), and
-    returns a model that measures within the budget. The same table from another device is
-    used as it is."""
+    latency runs slower), to a looser one where it predicts too much (45% too much: far
+    enough from the budget that a machine whose timings drift by 15% between checks, as
+    BENCHMARKS.md run 10's did, with the other flavour's tests beside it, still measures it
+    under), and returns a model that measures within the budget. The same table from
+    another device is used as it is."""
     model = dsa_tf.models.cifar_resnet(8, input_shape=(64, 64, 3))
     plan = dsa_tf.analyze(model)
     table = profile_module.profile_latency(model, rounds=3, invokes=10, progress=None)
@@ -181,7 +183,7 @@ def test_an_allocation_is_timed_where_its_table_was_measured_and_moved_to_the_bu
     paths = {"unpruned": tmp_path / "unpruned.tflite"}
     paths["unpruned"].write_bytes(tflite_for_timing(model, "float32"))
     keeps, printed = {}, {}
-    for error, fixed in (("optimistic", -0.15), ("pessimistic", 0.3)):
+    for error, fixed in (("optimistic", -0.15), ("pessimistic", 0.45)):
         table.calibrations[fingerprint(plan)] = {
             **calibration, "fixed_ms": calibration["fixed_ms"] + fixed * full}
         elsewhere, here = str(tmp_path / f"{error}_elsewhere.json"), str(tmp_path / f"{error}.json")
@@ -260,6 +262,15 @@ def test_a_measured_cliff_between_allocations_is_searched_not_given_up_on(capsys
     slow = Cliff([0.0, 0.48], [30, 48], [0.55, 0.6])
     with pytest.warns(UserWarning, match="over the budget"):
         assert slow.search(0.5, progress=None) == 30
+
+
+def test_of_the_allocations_measured_within_the_margin_the_largest_by_the_table_is_kept():
+    # a machine whose speed drifts between checks: 43 channels measure 0.455x in a later
+    # check, 40 measured 0.460x in an earlier one; both are within the margin, and the
+    # larger network (by the table, which compares them without the drift) is kept
+    drifting = Cliff([0.0, 0.43, 0.46], [40, 43, 46], [0.46, 0.455, 0.52])
+    assert drifting.search(0.5, progress=None) == 43
+    assert drifting.timed == 3
 
 
 def test_a_global_threshold_under_a_latency_budget_cuts_where_time_buys_least_computation(
