@@ -171,8 +171,8 @@ def test_an_allocation_is_timed_where_its_table_was_measured_and_moved_to_the_bu
     the unpruned model and allocates again, to a tighter prediction where the table predicts
     too little (15% of the unpruned model's time missing: a model predicted at 60% of the
     latency runs slower), to a looser one where it predicts too much (45% too much: far
-    enough from the budget that a machine whose timings drift by 15% between checks, as
-    BENCHMARKS.md run 10's did, with the other flavour's tests beside it, still measures it
+    enough from the budget that timings drifting by 15% between checks, as on BENCHMARKS.md
+    run 10's machine or with the other flavour's tests on the second core, still measure it
     under), and returns a model that measures within the budget. The same table from
     another device is used as it is."""
     model = dsa_tf.models.cifar_resnet(8, input_shape=(64, 64, 3))
