@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras_state  # noqa: E402
 import pytest  # noqa: E402
 
 from dsa_tf import _keras  # noqa: E402
@@ -11,9 +12,9 @@ from dsa_tf import _keras  # noqa: E402
 
 @pytest.fixture
 def keras():
-    """The Keras that tf.keras resolves to in this run."""
+    """The Keras that tf.keras resolves to in this run, its global state reset."""
     module = _keras.default_keras()
-    module.backend.clear_session()
+    keras_state.reset(module)
     return module
 
 

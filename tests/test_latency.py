@@ -163,9 +163,23 @@ def test_latency_budgets_keep_the_cheap_side_of_the_runtimes_tiles(tmp_path):
     assert {gate.round_to for gate in gates_of(by_hand)} == {8}
 
 
+def timed_model():
+    """A model large enough (about a millisecond) to time the allocations of on this device."""
+    return dsa_tf.models.cifar_resnet(8, num_classes=3, input_shape=(64, 64, 3), keras=tf.keras)
+
+
+@pytest.fixture(scope="module")
+def table_measured_here(tmp_path_factory):
+    """The path of ``timed_model()``'s table measured on this device (3 rounds of 10 invokes),
+    measured once for the tests that each load it and change its calibration."""
+    path = tmp_path_factory.mktemp("measured") / "table.json"
+    profile_module.profile_latency(timed_model(), rounds=3, invokes=10, progress=None).save(path)
+    return str(path)
+
+
 @KERAS3_ONLY
 def test_an_allocation_is_timed_where_its_table_was_measured_and_moved_to_the_budget(
-        tmp_path, capsys):
+        table_measured_here, tmp_path, capsys):
     """A table measured on this device whose calibration is off by a fixed amount does not leave
     the user over the budget, nor far under it: the allocator times what it chose against
     the unpruned model and allocates again, to a tighter prediction where the table predicts
@@ -175,9 +189,9 @@ def test_an_allocation_is_timed_where_its_table_was_measured_and_moved_to_the_bu
     run 10's machine or with the other flavour's tests on the second core, still measure it
     under), and returns a model that measures within the budget. The same table from
     another device is used as it is."""
-    model = dsa_tf.models.cifar_resnet(8, input_shape=(64, 64, 3))
+    model = timed_model()
     plan = dsa_tf.analyze(model)
-    table = profile_module.profile_latency(model, rounds=3, invokes=10, progress=None)
+    table = LatencyTable.load(table_measured_here)
     calibration = table.calibrations[fingerprint(plan)]
     full = LatencyModel(plan, table).predict(np.ones(len(plan.prunable)))
     paths = {"unpruned": tmp_path / "unpruned.tflite"}
@@ -324,16 +338,16 @@ def test_dsa_meets_a_latency_budget_and_strip_predicts_what_the_table_says(tmp_p
 
 @KERAS3_ONLY
 def test_dsa_fits_its_frozen_allocation_to_a_latency_budget_as_this_device_measures_it(
-        tmp_path, capsys):
+        table_measured_here, tmp_path, capsys):
     """Under a table measured on this device whose calibration predicts too little (15% of
     the unpruned model's time missing), DSA's frozen allocation, fitted to the predicted
     budget, measures over it: it is timed against the unpruned network when the masks
     freeze and fitted again to a tighter prediction, and the stripped model measures within
     the budget; the timing is recorded beside it, and a measurement over it warns."""
     keras = tf.keras
-    model = dsa_tf.models.cifar_resnet(8, num_classes=3, input_shape=(64, 64, 3), keras=keras)
+    model = timed_model()
     plan = dsa_tf.analyze(model)
-    table = profile_module.profile_latency(model, rounds=3, invokes=10, progress=None)
+    table = LatencyTable.load(table_measured_here)
     calibration = table.calibrations[fingerprint(plan)]
     full = LatencyModel(plan, table).predict(np.ones(len(plan.prunable)))
     table.calibrations[fingerprint(plan)] = {

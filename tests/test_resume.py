@@ -2,6 +2,7 @@
 and resumed from an epoch backup of BackupAndRestore, or from a .keras file, ends exactly where
 an uninterrupted one ends; resumed from a mid-epoch backup, it still meets the budget."""
 
+import keras_state
 import numpy as np
 import pytest
 
@@ -38,7 +39,7 @@ class Interrupt(_keras.default_keras().callbacks.Callback):
 
 def _gated(keras, seed=1):
     """The gated model as a new process would build it (same layer and group names)."""
-    keras.backend.clear_session()
+    keras_state.reset(keras)
     keras.utils.set_random_seed(seed)
     gated = dsa_tf.prune_to_budget(_small_net(keras), BUDGET, seed=seed)
     for gate in gates_of(gated):  # as ChannelGate(theta_init=3.0): a shorter allocation
