@@ -28,7 +28,9 @@ script:
    the minimum of ``--invokes`` invokes; a model's latency is its fastest of ``--rounds``
    rounds, which repeats within about 1.5% here where the median of the rounds varies by up
    to 15%: :mod:`dsa_tf.deploy.timing`; ratios of the medians are printed beside), with
-   the latency the table predicts for each.
+   the latency the table predicts for each and the ratio it predicts (over its prediction
+   for the unpruned model), which a drift of the whole machine between the table's
+   measurement and this timing does not move (BENCHMARKS.md, run 10).
 
 Acceptance, printed as PASS/FAIL: the latency arm's measured latency is at most 1.04 times
 the budget (0.52x the unpruned model's at 0.5), its prediction (and the unpruned model's) is
@@ -182,6 +184,7 @@ def main() -> int:
             reports = dsa_tf.compare_tflite_latency(paths, threads=args.threads,
                                                     rounds=args.rounds, invokes=args.invokes)
             base, base_median = reports[0].min_ms, reports[0].median_ms  # see the docstring
+            base_predicted = latency.predict(np.ones(len(plan.prunable)))
             measured: dict[str, tuple[int, float, float]] = {}
             for (label, round_to, keep), report in zip(entries, reports):
                 ratios = plan.keep_ratios(keep) if keep else np.ones(len(plan.prunable))
@@ -189,7 +192,8 @@ def main() -> int:
                 flops = flops_ratio(model, keep) if keep else 1.0
                 error = predicted / report.min_ms - 1
                 rows.append((name, label, flops, report.min_ms, report.min_ms / base,
-                             report.median_ms / base_median, predicted, error))
+                             report.median_ms / base_median, predicted, error,
+                             predicted / base_predicted))
                 measured[label] = (round_to, flops, report.min_ms)
                 print(f"  {label}: FLOPs {flops:.3f}, measured {report.min_ms:.3f} ms "
                       f"({report.min_ms / base:.3f}x), predicted {predicted:.3f} ms "
@@ -224,11 +228,11 @@ def main() -> int:
                         f"against {at_arm if at_arm is not None else 0:.3f} for FLOPs budgets "
                         f"x{round_to}", at_arm is None or arm_flops > at_arm))
     print("\n| model | variant | FLOPs ratio | measured ms | latency ratio (of medians) | "
-          "predicted ms | prediction error |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for name, label, flops, fastest, ratio, median_ratio, predicted, error in rows:
+          "predicted ms | prediction error | predicted ratio |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for name, label, flops, fastest, ratio, median_ratio, predicted, error, pratio in rows:
         print(f"| {name} | {label} | {flops:.3f} | {fastest:.3f} | {ratio:.3f} "
-              f"({median_ratio:.3f}) | {predicted:.3f} | {error:+.1%} |")
+              f"({median_ratio:.3f}) | {predicted:.3f} | {error:+.1%} | {pratio:.3f} |")
     print()
     for text, passed in verdicts:
         print(f"{'PASS' if passed else 'FAIL'} {text}")

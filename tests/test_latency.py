@@ -50,10 +50,9 @@ def made_up_table(plan, calibrate=True, tile=1, per_pair=None):
 
     table = LatencyTable("made up", "none", "float32", 1)
     for op in operators(plan):
-        grid_in = sorted({1, *range(8, op.channels_in + 1, 8), op.channels_in})
+        grid_in = grid(op.channels_in)
         depthwise = op.signature["kind"].startswith("Depthwise")
-        grid_out = [op.channels_out // op.channels_in] if depthwise else sorted(
-            {1, *range(8, op.channels_out + 1, 8), op.channels_out})
+        grid_out = [op.channels_out // op.channels_in] if depthwise else grid(op.channels_out)
         table.entries[signature_key(op.signature)] = {
             "channels_in": grid_in, "channels_out": grid_out,
             "ms": [[0.01 + tiled(i) * tiled(o) * (per_pair(op) if per_pair else 1e-3)
@@ -63,11 +62,19 @@ def made_up_table(plan, calibrate=True, tile=1, per_pair=None):
     return table
 
 
+def grid(channels):
+    """The made-up table's channel grid: 1, every multiple of 8 and the full width."""
+    return sorted({1, *range(8, channels + 1, 8), channels})
+
+
 def by_hand(plan, keep_ratios):
-    """The made-up table's latency at integer counts, summed operator by operator."""
+    """The made-up table's latency at integer counts, summed operator by operator, as a
+    runtime that computes output channels in tiles of the grid runs it: a count between two
+    grid points costs what the next one does."""
     total = 0.5
     for op in operators(plan):
         n_in, n_out = op.counts(keep_ratios)
+        n_out = min(point for point in grid(op.channels_out) if point >= n_out - 1e-6)
         total += 0.01 + n_in * n_out / 1000
     return total
 
@@ -93,18 +100,24 @@ def test_a_table_round_trips_and_bad_tables_are_refused(tmp_path):
             LatencyTable.load(path)
 
 
-def test_the_latency_model_is_exact_at_integer_counts_and_differentiable():
+def test_the_latency_model_steps_at_integer_counts_and_is_differentiable_between():
     model = dsa_tf.models.cifar_resnet(8, input_shape=(8, 8, 3))
     plan = dsa_tf.analyze(model)
     latency = LatencyModel(plan, made_up_table(plan))
     rng = np.random.default_rng(0)
-    for _ in range(5):  # random integer counts: off the grid, the table is bilinear in n_in
-        counts = np.array([rng.integers(1, g.channels + 1) for g in plan.prunable])
-        ratios = counts / np.array([g.channels for g in plan.prunable])
-        # n_in x n_out is bilinear, so interpolation between grid points is exact here
+    channels = np.array([g.channels for g in plan.prunable])
+    for _ in range(5):  # random integer counts, off the grid and on it
+        ratios = np.array([rng.integers(1, n + 1) for n in channels]) / channels
+        # n_in x n_out is linear in n_in, so interpolating the input channels is exact
         assert latency.predict(ratios) == pytest.approx(by_hand(plan, ratios), rel=1e-9)
-        assert float(latency.tf_predict(tf.constant(ratios, tf.float32))) == pytest.approx(
-            latency.predict(ratios), rel=1e-5)
+        relaxed = float(latency.tf_predict(tf.constant(ratios, tf.float32)))
+        assert relaxed <= latency.predict(ratios) * (1 + 1e-5)
+        on_grid = np.array([rng.integers(1, n // 8 + 1) for n in channels]) * 8 / channels
+        assert float(latency.tf_predict(tf.constant(on_grid, tf.float32))) == pytest.approx(
+            latency.predict(on_grid), rel=1e-5)
+    off_grid = 9 / channels  # 9 output channels cost what 16 do, not about half way
+    assert float(latency.tf_predict(tf.constant(off_grid, tf.float32))) < 0.99 * \
+        latency.predict(off_grid)
     ratios = tf.Variable(np.full(len(plan.prunable), 0.6), dtype=tf.float32)
     with tf.GradientTape() as tape:
         value = latency.tf_predict(ratios)

@@ -1,17 +1,28 @@
 """LatencyModel: a model's predicted LiteRT latency as a function of its groups' keep ratios.
 
 The operators' sum is the sum over the costed operators (:mod:`dsa_tf.structure.operators`)
-of their measured invoke time (:class:`dsa_tf.deploy.latency_table.LatencyTable`),
-interpolated bilinearly on the table's grid at the operator's kept input and output channels.
+of their measured invoke time (:class:`dsa_tf.deploy.latency_table.LatencyTable`) at the
+operator's kept input and output channels, read off the table's grid as described below.
 Single-operator models do not see what the whole model adds (activations, additions, pooling,
 the interpreter's per-invoke cost) nor what it saves (fused operators), so the prediction is
 ``fixed_ms + scale x sum``, with ``fixed_ms`` and ``scale`` fitted to whole-model
 measurements of the same model stripped to a few widths (the table's calibration for the
-model's :func:`fingerprint`, made by :func:`dsa_tf.deploy.profile.profile_latency`). At grid
-points the sum is the table's own; between them it is piecewise linear in every channel
-count, hence differentiable almost everywhere in the keep ratios, which is what DSA's ADMM
-needs (:func:`dsa_tf.allocation.admm.admm_iteration` takes any differentiable resource
-function).
+model's :func:`fingerprint`, made by :func:`dsa_tf.deploy.profile.profile_latency`).
+
+Two forms of the same table. :meth:`LatencyModel.predict`, what allocators, DSA's freeze
+check and hard masks and the reports use, is the runtime's step function at integer counts:
+an operator's output channels (a depthwise operator's channels) are rounded up to the next
+point of the table's output grid (a multiple of its step), since CPU runtimes compute them
+in tiles and a count between two multiples costs what the next one does (for ten
+FLOPs-pruned ResNet-56s with arbitrary counts, XNNPACK float32, linear interpolation between
+the grid points predicted 4-39% too little, rounding up 4-9% too little and once 9% too
+much: BENCHMARKS.md, run 11); input channels, which enter about linearly, are
+interpolated. :meth:`LatencyModel.tf_predict` interpolates linearly between the grid points
+along both axes: equal to ``predict`` at grid points and never above it, piecewise linear in
+every channel count and hence differentiable almost everywhere in the keep ratios, which is
+what DSA's ADMM needs (:func:`dsa_tf.allocation.admm.admm_iteration` takes any
+differentiable resource function); the counts latency budgets keep are grid points, where
+the two agree.
 
 Example:
     >>> import dsa_tf
@@ -91,7 +102,7 @@ class LatencyModel:
             # a depthwise operator has one output column: its output follows its input
             out = Quadratic.linear(np.zeros(self._groups), grid_out[0]) if depthwise \
                 else op.kept_out
-            entries.append((op.kept_in, out, grid_in, grid_out, ms))
+            entries.append((op.kept_in, out, grid_in, grid_out, ms, depthwise))
         if missing:
             raise ValueError(f"The latency table ({table.device}, {table.precision}) does not "
                              f"cover {len(missing)} operator(s): {'; '.join(missing[:5])}. "
@@ -100,6 +111,9 @@ class LatencyModel:
         # (keep ratios, 1), its grids framed and padded to one width, its times padded alike.
         self._forms = [np.array([[*e[axis].b, e[axis].c] for e in entries]).reshape(
             len(entries), self._groups + 1) for axis in (0, 1)]
+        # the axes computed in tiles: every operator's output, a depthwise one's input too
+        # (its output follows its input; the input grid of the others is 1, half, full)
+        self._tiled = [np.array([e[5] for e in entries], bool), np.ones(len(entries), bool)]
         self._grids = [_framed_grids([e[2 + axis] for e in entries]) for axis in (0, 1)]
         self._ranges = [np.array([[e[2 + axis][0], e[2 + axis][-1]] for e in entries],
                                  np.float64).reshape(len(entries), 2) for axis in (0, 1)]
@@ -113,11 +127,14 @@ class LatencyModel:
                     (self._forms, self._grids, self._ranges, [self._ms])]
 
     def operator_times(self, keep_ratios: np.ndarray, measured: bool = False) -> np.ndarray:
-        """Every covered operator's table time in ms at the given keep ratios (numpy): the
-        non-decreasing times the prediction uses, or with ``measured`` the table's own."""
+        """Every covered operator's table time in ms at the given keep ratios (numpy), its
+        tiled channels rounded up to the next grid point: the non-decreasing times the
+        prediction uses, or with ``measured`` the table's own."""
         ratios = np.append(np.asarray(keep_ratios, np.float64), 1.0)
-        weights = [_hat_weights(form @ ratios, grid, limits, np)
-                   for form, grid, limits in zip(self._forms, self._grids, self._ranges)]
+        weights = [_hat_weights(np.where(tiled, _next_grid_point(form @ ratios, grid, limits),
+                                         form @ ratios), grid, limits, np)
+                   for form, grid, limits, tiled in zip(self._forms, self._grids,
+                                                         self._ranges, self._tiled)]
         return np.einsum("pi,pij,pj->p", weights[0], self._raw_ms if measured else self._ms,
                          weights[1])
 
@@ -167,11 +184,13 @@ class LatencyModel:
         return result
 
     def predict(self, keep_ratios: np.ndarray) -> float:
-        """Predicted latency in ms at the given keep ratios (numpy, exact interpolation)."""
+        """Predicted latency in ms at the given keep ratios (numpy): tiled channels at the
+        next grid point, input channels interpolated (the module's docstring)."""
         return self.fixed_ms + self.scale * self.operator_sum(keep_ratios)
 
     def tf_predict(self, keep_ratios: tf.Tensor) -> tf.Tensor:
-        """The same prediction as a differentiable TensorFlow function of the keep ratios."""
+        """The prediction as a differentiable TensorFlow function of the keep ratios, linear
+        between grid points: ``predict``'s value at grid points, at most it between them."""
         forms, grids, ranges, (ms,) = self._tf
         ratios = tf.concat([tf.cast(keep_ratios, tf.float32), [1.0]], 0)
         w_in, w_out = (_hat_weights(tf.linalg.matvec(form, ratios), grid, limits, tf)
@@ -190,6 +209,14 @@ def _framed_grids(grids: list) -> np.ndarray:
         rows[p] = np.concatenate([[grid[0] - 1], grid,
                                   grid[-1] + np.arange(1, width - len(grid))])
     return rows
+
+
+def _next_grid_point(x: np.ndarray, grid: np.ndarray, limits: np.ndarray) -> np.ndarray:
+    """The smallest point of each framed grid [P, G] at or above x [P] (clamped to the
+    grid's measured range ``limits`` [P, 2]; a count within 1e-6 of a point is that point)."""
+    x = np.minimum(np.maximum(x, limits[:, 0]), limits[:, 1])[:, None]
+    interior = grid[:, 1:-1]
+    return np.where(interior >= x - 1e-6, interior, np.inf).min(axis=1)
 
 
 def _hat_weights(x, grid, limits, lib):
