@@ -31,11 +31,8 @@ import tagged_images
 from masking import fit_with_dsa
 
 # The latency code (tables, profiling, the resource model) does not touch Keras beyond what
-# the other tests cover in both flavours: its slow end-to-end tests run in one flavour each,
-# the two that time allocations on this device (about 2.5 minutes) under tf_keras, whose
-# suite is the shorter, the others under Keras 3.
+# the other tests cover in both flavours: its slow end-to-end tests are keras3_only.
 KERAS3_ONLY = pytest.mark.keras3_only
-TIMED_HERE = pytest.mark.tf_keras_only
 
 
 def made_up_table(plan, calibrate=True, tile=1, per_pair=None):
@@ -193,7 +190,7 @@ def table_measured_here(tmp_path_factory):
     return str(path)
 
 
-@TIMED_HERE
+@KERAS3_ONLY
 def test_an_allocation_is_timed_where_its_table_was_measured_and_moved_to_the_budget(
         table_measured_here, tmp_path, capsys):
     """A table measured on this device whose calibration is off by a fixed amount does not leave
@@ -352,7 +349,7 @@ def test_dsa_meets_a_latency_budget_and_strip_predicts_what_the_table_says(tmp_p
     assert predicted["stripped"] <= 0.5 * predicted["unpruned"]
 
 
-@TIMED_HERE
+@KERAS3_ONLY
 def test_dsa_fits_its_frozen_allocation_to_a_latency_budget_as_this_device_measures_it(
         table_measured_here, tmp_path, capsys):
     """Under a table measured on this device whose calibration predicts too little (15% of
