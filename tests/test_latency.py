@@ -161,16 +161,18 @@ def test_latency_budgets_keep_the_cheap_side_of_the_runtimes_tiles(tmp_path):
     model = dsa_tf.models.cifar_resnet(8, input_shape=(8, 8, 3))
     plan = dsa_tf.analyze(model)
     assert LatencyModel(plan, made_up_table(plan)).group_steps().tolist() == [8] * 6
-    # a runtime with tiles of 16: 8 channels cost what 16 do, 24 what 32 do
+    # a runtime with tiles of 16: 8 channels cost what 16 do, 24 what 32 do; the groups of
+    # 16 channels (one step of 16, one odd multiple of 8 to judge by) stay prunable
     tiled = made_up_table(plan, tile=16)
-    assert LatencyModel(plan, tiled).group_steps().tolist() == [16] * 6
+    steps = [8, 8, 16, 16, 16, 16]
+    assert LatencyModel(plan, tiled).group_steps().tolist() == steps
     path = str(tmp_path / "tiled.json")
     tiled.save(path)
     keep = dsa_tf.uniform_allocation(model, 0.7, resource="latency", latency_table=path)
-    assert all(len(k) % 16 == 0 for k in keep.values()) and any(
-        len(k) < g.channels for k, g in zip(keep.values(), plan.prunable))
+    assert all(len(keep[g.name]) % step == 0 for g, step in zip(plan.prunable, steps))
+    assert any(len(k) < g.channels for k, g in zip(keep.values(), plan.prunable))
     gated = dsa_tf.prune_to_budget(model, 0.7, resource="latency", latency_table=path)
-    assert {gate.round_to for gate in gates_of(gated)} == {16}
+    assert sorted(gate.round_to for gate in gates_of(gated)) == steps
     by_hand = dsa_tf.prune_to_budget(model, 0.7, resource="latency", latency_table=path,
                                      round_to=8)
     assert {gate.round_to for gate in gates_of(by_hand)} == {8}
@@ -411,15 +413,17 @@ def test_without_a_table_one_is_measured_once_and_predicts_within_a_third(tmp_pa
 
     monkeypatch.setattr(profile_module, "profile_latency", counting)
     model = dsa_tf.models.cifar_resnet(8, input_shape=(64, 64, 3))
-    first = dsa_tf.prune_to_budget(model, 0.6, resource="latency")
-    second = dsa_tf.uniform_allocation(model, 0.6, resource="latency")
+    # 0.7: the fewest channels reach 0.4 of the model's latency as measured quietly, and
+    # 0.72 in one run on a busy machine whose table stepped the 16-channel groups by 16
+    first = dsa_tf.prune_to_budget(model, 0.7, resource="latency")
+    second = dsa_tf.uniform_allocation(model, 0.7, resource="latency")
     assert measured == [1]
     table = gates_of(first)[0].latency_table
     assert str(tmp_path) in table
     resources = ResourceModel(dsa_tf.analyze(model), table)
     plan = resources.plan
     counts = np.array([len(second[g.name]) for g in plan.prunable])
-    assert usage(resources, counts, ["latency"])["latency"] <= 0.6
+    assert usage(resources, counts, ["latency"])["latency"] <= 0.7
     assert resources.latency.calibrated
     rng = np.random.default_rng(1)  # multiples of the step, as latency budgets keep
     keep = {g.name: range(8 * int(rng.integers(1, g.channels // 8))) for g in plan.prunable}
