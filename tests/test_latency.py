@@ -172,7 +172,8 @@ def test_latency_budgets_keep_the_cheap_side_of_the_runtimes_tiles(tmp_path):
     assert all(len(keep[g.name]) % step == 0 for g, step in zip(plan.prunable, steps))
     assert any(len(k) < g.channels for k, g in zip(keep.values(), plan.prunable))
     gated = dsa_tf.prune_to_budget(model, 0.7, resource="latency", latency_table=path)
-    assert sorted(gate.round_to for gate in gates_of(gated)) == steps
+    by_group = {gate.group: gate.round_to for gate in gates_of(gated)}
+    assert [by_group[g.name] for g in plan.prunable] == steps
     by_hand = dsa_tf.prune_to_budget(model, 0.7, resource="latency", latency_table=path,
                                      round_to=8)
     assert {gate.round_to for gate in gates_of(by_hand)} == {8}
@@ -413,8 +414,9 @@ def test_without_a_table_one_is_measured_once_and_predicts_within_a_third(tmp_pa
 
     monkeypatch.setattr(profile_module, "profile_latency", counting)
     model = dsa_tf.models.cifar_resnet(8, input_shape=(64, 64, 3))
-    # 0.7: the fewest channels reach 0.4 of the model's latency as measured quietly, and
-    # 0.72 in one run on a busy machine whose table stepped the 16-channel groups by 16
+    # 0.7, room for a busy machine: the fewest channels reach 0.40 of the latency by a table
+    # measured quietly (0.60 with the 16-channel groups whole), 0.72 by one measured beside
+    # the other suite (its 16-channel groups, stepped by 16 then, whole)
     first = dsa_tf.prune_to_budget(model, 0.7, resource="latency")
     second = dsa_tf.uniform_allocation(model, 0.7, resource="latency")
     assert measured == [1]

@@ -159,6 +159,8 @@ class LatencyModel:
         step = self.table.step
         result = np.full(self._groups, step, dtype=np.int64)
         for g, channels in enumerate(self._channels):
+            if channels < 4 * step:  # one odd multiple at most: too few shares to judge by
+                continue
             times = []  # at 1 channel, then at every multiple of the step within the group
             for count in range(0, channels + 1, step):
                 ratios = np.ones(self._groups)
@@ -167,7 +169,7 @@ class LatencyModel:
             shares = [(times[k + 1] - times[k]) / (times[k + 1] - times[k - 1])
                       if times[k + 1] > times[k - 1] else 0.0
                       for k in range(1, len(times) - 1, 2)]  # k: the odd multiples
-            if len(shares) >= 2 and np.median(shares) < 0.25:
+            if np.median(shares) < 0.25:
                 result[g] = 2 * step
         return result
 
