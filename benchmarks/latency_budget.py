@@ -30,7 +30,11 @@ script:
    to 15%: :mod:`dsa_tf.deploy.timing`; ratios of the medians are printed beside), with
    the latency the table predicts for each and the ratio it predicts (over its prediction
    for the unpruned model), which a drift of the whole machine between the table's
-   measurement and this timing does not move (BENCHMARKS.md, run 10).
+   measurement and this timing does not move (BENCHMARKS.md, run 10);
+5. prints what the table alone says, free of timing noise: the most FLOPs a greedy search
+   finds on the table's steps within the budget (:func:`table_capacity`, the ceiling any
+   allocator can reach by the table), and for each arm the FLOPs the FLOPs budgets keep at
+   the arm's predicted latency ratio.
 
 Acceptance, printed as PASS/FAIL: the latency arm's measured latency is at most 1.04 times
 the budget (0.52x the unpruned model's at 0.5), its prediction (and the unpruned model's) is
@@ -61,7 +65,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 import dsa_tf  # noqa: E402
-from dsa_tf.allocation.budget import fewest_counts  # noqa: E402
+from dsa_tf.allocation.budget import fewest_counts, usage  # noqa: E402
+from dsa_tf.allocation.resources import ResourceModel  # noqa: E402
 from dsa_tf.deploy.latency_model import LatencyModel  # noqa: E402
 from dsa_tf.deploy.profile import profile_latency  # noqa: E402
 
@@ -112,6 +117,43 @@ def variants(model: Any, table_path: str, budget: float) -> list[tuple[str, int,
                 result.append((f"FLOPs {flops_ratio(model, keep):.3f} x{round_to} fewest "
                                f"{method}", round_to, keep))
     return result
+
+
+def table_capacity(resources: ResourceModel, budget: float, steps: np.ndarray
+                   ) -> tuple[float, float]:
+    """(predicted latency ratio, FLOPs ratio) of the most FLOPs a greedy search finds within
+    ``budget`` of the table's predicted latency, at counts on the table's ``steps`` (channel
+    importance ignored: the ceiling of capacity by the table, not an allocator to prune
+    with). From the full width it takes the step (any group, to any lower multiple of its
+    step) that gives up the fewest FLOPs per latency saved until the prediction is within the
+    budget, then gives back the step that adds the most FLOPs while it stays within."""
+    channels = np.array([g.channels for g in resources.plan.prunable])
+    fewest = fewest_counts(resources.plan, 1, steps)
+
+    def cost(counts: np.ndarray) -> tuple[float, float]:
+        used = usage(resources, counts, ["latency", "flops"])
+        return used["latency"], used["flops"]
+
+    def moves(counts: np.ndarray, down: bool):
+        for k, (c, step) in enumerate(zip(counts, steps)):
+            targets = (range((c - 1) // step * step, fewest[k] - 1, -step) if down
+                       else range(c + step, channels[k] + step, step))
+            for n in targets:
+                moved = counts.copy()
+                moved[k] = min(n, channels[k])
+                yield moved, cost(moved)
+
+    counts = channels.copy()
+    latency, flops = cost(counts)
+    while latency > budget:  # fewest FLOPs lost per latency saved
+        counts, (latency, flops) = min(
+            ((m, (lat, f)) for m, (lat, f) in moves(counts, True) if lat < latency),
+            key=lambda item: (flops - item[1][1]) / (latency - item[1][0]))
+    while True:  # give back what fits
+        fits = [(m, c) for m, c in moves(counts, False) if c[0] <= budget]
+        if not fits:
+            return latency, flops
+        counts, (latency, flops) = max(fits, key=lambda item: item[1][1])
 
 
 def export_options(model: Any, precision: str) -> dict:
@@ -174,6 +216,10 @@ def main() -> int:
             steps = latency.group_steps()
             print("  group steps: " + ", ".join(
                 f"{np.sum(steps == s)} groups by {s}" for s in sorted(set(steps.tolist()))))
+            ceiling = table_capacity(ResourceModel(plan, table_path), args.budget, steps)
+            print(f"  by the table, the FLOPs a greedy search for them keeps on its steps "
+                  f"within the budget (importance ignored): {ceiling[1]:.3f} at a predicted "
+                  f"{ceiling[0]:.3f}", flush=True)
             entries = [("unpruned", 1, {})] + variants(model, table_path, args.budget)
             paths = []
             for i, (_, _, keep) in enumerate(entries):
@@ -186,6 +232,7 @@ def main() -> int:
             base, base_median = reports[0].min_ms, reports[0].median_ms  # see the docstring
             base_predicted = latency.predict(np.ones(len(plan.prunable)))
             measured: dict[str, tuple[int, float, float]] = {}
+            predicted_ratios: dict[str, float] = {}
             for (label, round_to, keep), report in zip(entries, reports):
                 ratios = plan.keep_ratios(keep) if keep else np.ones(len(plan.prunable))
                 predicted = latency.predict(ratios)
@@ -195,6 +242,7 @@ def main() -> int:
                              report.median_ms / base_median, predicted, error,
                              predicted / base_predicted))
                 measured[label] = (round_to, flops, report.min_ms)
+                predicted_ratios[label] = predicted / base_predicted
                 print(f"  {label}: FLOPs {flops:.3f}, measured {report.min_ms:.3f} ms "
                       f"({report.min_ms / base:.3f}x), predicted {predicted:.3f} ms "
                       f"({error:+.1%})", flush=True)
@@ -215,9 +263,16 @@ def main() -> int:
                     continue
                 method = arm.split()[-1]
                 for round_to in (1, 16):
-                    points = sorted((ms, flops) for label, (r, flops, ms) in measured.items()
-                                    if label.startswith("FLOPs") and label.endswith(method)
-                                    and r == round_to)
+                    labels = [label for label, (r, _, _) in measured.items()
+                              if label.startswith("FLOPs") and label.endswith(method)
+                              and r == round_to]
+                    by_table = frontier(sorted((predicted_ratios[label], measured[label][1])
+                                               for label in labels), predicted_ratios[arm])
+                    print(f"  by the table's predictions, at {arm}'s predicted "
+                          f"{predicted_ratios[arm]:.3f}, FLOPs budgets x{round_to} keep " + (
+                              f"FLOPs {by_table:.3f}" if by_table is not None
+                              else "? (none predicted as fast)"))
+                    points = sorted((measured[label][2], measured[label][1]) for label in labels)
                     at_arm = frontier(points, arm_ms)
                     print(f"  at the latency of {arm} ({arm_ms:.3f} ms, FLOPs {arm_flops:.3f}), "
                           f"FLOPs budgets x{round_to} keep " + (
