@@ -294,6 +294,26 @@ def test_a_measured_cliff_between_allocations_is_searched_not_given_up_on(capsys
         assert slow.search(0.5, progress=None) == 30
 
 
+def test_under_a_mixed_budget_whose_other_constraint_decides_the_user_is_told_so(capsys):
+    # params allow 30 channels whatever the latency budget; 30 measure 0.34x of a 0.5x
+    # budget, under the margin, and no looser latency budget changes them: kept after one
+    # timing, with the constraint that decided named (not "the steps allow nothing")
+    cliff = Cliff([0.0, 0.46, 0.48], [30, 46, 48], [0.34, 0.47, 0.52])
+
+    def allocate(fractions):
+        return {"conv": np.arange(min(30, cliff.allocate(fractions)["conv"].size))}
+
+    budget = {"latency": 0.5, "params": 0.3}
+    keep = timed_search(allocate(budget), allocate, lambda keep: keep["conv"].size / 100,
+                        cliff.measure, budget)
+    assert keep["conv"].size == 30 and cliff.timed == 1
+    printed = capsys.readouterr().out
+    assert "the params budget decides this allocation" in printed
+    assert "nothing in between" not in printed and "looser (attempt" not in printed
+    # where the latency budget decides, a looser one is searched as before
+    assert cliff.search(0.5) == 46
+
+
 def test_of_the_allocations_measured_within_the_margin_the_largest_by_the_table_is_kept():
     # a machine whose speed drifts between checks: 43 channels measure 0.455x in a later
     # check, 40 measured 0.460x in an earlier one; both are within the margin, and the

@@ -144,6 +144,10 @@ def timed_search(keep: dict[str, np.ndarray],
     """The search of :func:`within_measured_latency`, given how to allocate, predict and
     measure: up to :data:`TRIES` allocations timed, starting from ``keep``.
 
+    Under a mixed budget whose other constraints decide the allocation (the allocator
+    returns it without the latency budget too), one measured under the budget is kept as it
+    is: no looser latency budget can change it.
+
     Between timings, an allocation the allocator returns again (its steps: a range of
     predicted budgets gives one allocation) is not timed again: it counts as measured at the
     budget that gave it, which narrows the range left to search, and the allocator is asked
@@ -194,6 +198,14 @@ def timed_search(keep: dict[str, np.ndarray],
                      f"budget's {limit:.3f}x less a {1 - MARGIN:.0%} margin for timing "
                      f"noise)")
         if (CLOSE * limit if loosen else 0.0) <= ms / full_ms <= cap or attempt == TRIES:
+            break
+        others = [name for name in fractions if name != "latency"]
+        if (ms / full_ms < CLOSE * limit and others
+                and _same(allocate({**fractions, "latency": 1.0}), keep)):
+            if progress:
+                progress(f"latency: the {' and '.join(others)} budget decides this "
+                         f"allocation (without the latency budget it is the same), so a "
+                         f"looser latency budget cannot add to it")
             break
         for _ in range(SAME):
             moved = float(np.clip(_next_target(pairs, cap), reachable, 1.0))
