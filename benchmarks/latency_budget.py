@@ -32,9 +32,9 @@ script:
    for the unpruned model), which a drift of the whole machine between the table's
    measurement and this timing does not move (BENCHMARKS.md, run 10);
 5. prints what the table alone says, free of timing noise: the most FLOPs a greedy search
-   finds on the table's steps within the budget (:func:`table_capacity`, the ceiling any
-   allocator can reach by the table), and for each arm the FLOPs the FLOPs budgets keep at
-   the arm's predicted latency ratio.
+   finds on the table's steps within the budget (:func:`table_capacity`, an estimate of the
+   ceiling an allocator can reach by the table, not a proven bound), and for each arm the
+   FLOPs the FLOPs budgets keep at the arm's predicted latency ratio.
 
 Acceptance, printed as PASS/FAIL: the latency arm's measured latency is at most 1.04 times
 the budget (0.52x the unpruned model's at 0.5), its prediction (and the unpruned model's) is
@@ -123,10 +123,11 @@ def table_capacity(resources: ResourceModel, budget: float, steps: np.ndarray
                    ) -> tuple[float, float]:
     """(predicted latency ratio, FLOPs ratio) of the most FLOPs a greedy search finds within
     ``budget`` of the table's predicted latency, at counts on the table's ``steps`` (channel
-    importance ignored: the ceiling of capacity by the table, not an allocator to prune
-    with). From the full width it takes the step (any group, to any lower multiple of its
-    step) that gives up the fewest FLOPs per latency saved until the prediction is within the
-    budget, then gives back the step that adds the most FLOPs while it stays within."""
+    importance ignored: an estimate of the ceiling of capacity by the table, not a proven
+    bound, and not an allocator to prune with). From the full width it takes the step (any
+    group, to any lower multiple of its step) that gives up the fewest FLOPs per latency
+    saved until the prediction is within the budget, then gives back the step that adds the
+    most FLOPs while it stays within."""
     channels = np.array([g.channels for g in resources.plan.prunable])
     fewest = fewest_counts(resources.plan, 1, steps)
 
