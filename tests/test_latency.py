@@ -122,6 +122,68 @@ def test_the_latency_model_steps_at_integer_counts_and_is_differentiable_between
     assert np.all(np.isfinite(gradient)) and np.all(gradient > 0)
 
 
+def fake_time(signature, channels_in, channels_out):
+    """A made-up runtime for measure_table: 2 us per invoke plus 1 ns per multiply-add, the
+    output channels computed in tiles of 16."""
+    area = np.prod(signature.get("input_shape", [1])) * np.prod(signature.get("kernel_size", [1]))
+    if signature["kind"].startswith("Depthwise"):
+        return 0.002 + area * -(-channels_in // 16) * 16 * 1e-6
+    return 0.002 + area * channels_in * -(-channels_out // 16) * 16 * 1e-6
+
+
+def test_operators_that_cost_next_to_nothing_are_measured_on_a_coarse_grid(monkeypatch):
+    """The signatures whose full grids buy the least time per point, together under
+    ``coarse_below`` of the operators' time at full width, are measured on 1, half and full
+    width of their output (depthwise: their) channels, read by interpolation; the others on
+    every multiple of the step, read as tiles. The coarse table measures fewer points and
+    predicts within half a percent of the full one."""
+    from dsa_tf.deploy import latency_table
+
+    monkeypatch.setattr(latency_table, "operator_tflite",
+                        lambda signature, n, m, precision: json.dumps([signature, n, m]))
+    monkeypatch.setattr(latency_table, "time_tflite",
+                        lambda content, *args: fake_time(*json.loads(content)))
+    plan = dsa_tf.analyze(tf.keras.applications.MobileNetV2(
+        weights=None, input_shape=(32, 32, 3), alpha=0.35, classes=10))
+    ops = [(op.signature, op.channels_in, op.channels_out) for op in operators(plan)]
+    total = sum(fake_time(*op) for op in ops)
+    share, widths = {}, {}  # per signature: its share of the time, its tiled full widths
+    for signature, n, m in ops:
+        key = signature_key(signature)
+        share[key] = share.get(key, 0) + fake_time(signature, n, m) / total
+        widths.setdefault(key, set()).add(n if signature["kind"].startswith("Depthwise") else m)
+    full, coarse = (latency_table.measure_table(ops, coarse_below=below, progress=None)
+                    for below in (0, 0.05))
+    per_point = {key: share[key] / np.size(entry["ms"]) for key, entry in full.entries.items()}
+    cheap, cumulative = set(), 0
+    for key in sorted(share, key=per_point.get):
+        if cumulative + share[key] < 0.05:
+            cumulative += share[key]
+            cheap.add(key)
+    assert 0 < len(cheap) < len(share)
+    for key, entry in coarse.entries.items():
+        axis = "channels_in" if json.loads(key)["kind"].startswith("Depthwise") else \
+            "channels_out"
+        grid = entry[axis]
+        if key in cheap:
+            assert grid == latency_table.input_grid(max(widths[key]), 8, widths[key])
+        else:
+            assert entry == full.entries[key]
+            assert set(range(8, grid[-1] + 1, 8)) <= set(grid)
+    points = [sum(np.size(e["ms"]) for e in t.entries.values()) for t in (full, coarse)]
+    assert points[1] < points[0]
+    models = [LatencyModel(plan, table) for table in (full, coarse)]
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        steps = models[0].group_steps()
+        counts = [steps[k] * rng.integers(1, max(2, g.channels // steps[k] + 1))
+                  for k, g in enumerate(plan.prunable)]
+        ratios = np.minimum(1, np.array(counts) / [g.channels for g in plan.prunable])
+        assert models[1].predict(ratios) == pytest.approx(models[0].predict(ratios), rel=5e-3)
+    with pytest.raises(ValueError, match="coarse_below"):
+        latency_table.measure_table(ops, coarse_below=1.5)
+
+
 def test_a_table_that_does_not_cover_the_model_is_refused():
     small = dsa_tf.analyze(dsa_tf.models.cifar_resnet(8, input_shape=(8, 8, 3)))
     larger = dsa_tf.analyze(dsa_tf.models.cifar_resnet(8, input_shape=(16, 16, 3)))

@@ -17,12 +17,14 @@ in tiles and a count between two multiples costs what the next one does (for ten
 FLOPs-pruned ResNet-56s with arbitrary counts, XNNPACK float32, linear interpolation between
 the grid points predicted 4-39% too little, rounding up 4-9% too little and once 9% too
 much: BENCHMARKS.md, run 11); input channels, which enter about linearly, are
-interpolated. :meth:`LatencyModel.tf_predict` interpolates linearly between the grid points
-along both axes: equal to ``predict`` at grid points and never above it, piecewise linear in
-every channel count and hence differentiable almost everywhere in the keep ratios, which is
-what DSA's ADMM needs (:func:`dsa_tf.allocation.admm.admm_iteration` takes any
-differentiable resource function); the counts latency budgets keep are grid points, where
-the two agree.
+interpolated, and so are the output channels of the operators a table measured on a coarse
+grid (those that cost next to nothing: ``coarse_below`` of
+:func:`dsa_tf.deploy.latency_table.measure_table`). :meth:`LatencyModel.tf_predict`
+interpolates linearly between the grid points along both axes: equal to ``predict`` at grid
+points and never above it, piecewise linear in every channel count and hence differentiable
+almost everywhere in the keep ratios, which is what DSA's ADMM needs
+(:func:`dsa_tf.allocation.admm.admm_iteration` takes any differentiable resource function);
+the counts latency budgets keep are grid points, where the two agree.
 
 Example:
     >>> import dsa_tf
@@ -112,8 +114,11 @@ class LatencyModel:
         self._forms = [np.array([[*e[axis].b, e[axis].c] for e in entries]).reshape(
             len(entries), self._groups + 1) for axis in (0, 1)]
         # the axes computed in tiles: every operator's output, a depthwise one's input too
-        # (its output follows its input; the input grid of the others is 1, half, full)
-        self._tiled = [np.array([e[5] for e in entries], bool), np.ones(len(entries), bool)]
+        # (its output follows its input; the input grid of the others is 1, half, full),
+        # where the grid resolves the tiles (the coarse grids of cheap operators do not)
+        step = table.step
+        self._tiled = [np.array([e[5] and _resolves_tiles(e[2], step) for e in entries], bool),
+                       np.array([_resolves_tiles(e[3], step) for e in entries], bool)]
         self._grids = [_framed_grids([e[2 + axis] for e in entries]) for axis in (0, 1)]
         self._ranges = [np.array([[e[2 + axis][0], e[2 + axis][-1]] for e in entries],
                                  np.float64).reshape(len(entries), 2) for axis in (0, 1)]
@@ -203,6 +208,13 @@ class LatencyModel:
                        for form, grid, limits in zip(forms, grids, ranges))
         total = tf.reduce_sum(tf.einsum("pi,pij,pj->p", w_in, ms, w_out))
         return self.fixed_ms + self.scale * total
+
+
+def _resolves_tiles(grid: list, step: int) -> bool:
+    """Whether a grid holds every multiple of ``step`` up to its last point: a grid measured
+    to resolve the runtime's tiles, read as steps (not the coarse grid of
+    :func:`dsa_tf.deploy.latency_table.measure_table`'s cheap operators, interpolated)."""
+    return set(range(step, int(grid[-1]) + 1, step)) <= set(grid)
 
 
 def _framed_grids(grids: list) -> np.ndarray:

@@ -8,7 +8,8 @@ is a step function of the output channels, and a count just past a multiple of t
 as much as the next multiple or more (measured in BENCHMARKS.md, "Latency budgets"); the
 input channels enter about linearly. The output grid (and a depthwise operator's channel
 grid) is therefore every multiple of ``step`` (8) up to the full width, plus 1 and the full
-width; the input grid is 1, half and the full width (:func:`input_grid`). Latency-budgeted
+width; the input grid is 1, half and the full width (:func:`input_grid`), and so is the output
+grid of operators that cost next to nothing (:func:`measure_table`). Latency-budgeted
 groups keep multiples of ``step``, or of twice it where the measured times show tiles of 2 x
 ``step`` (:meth:`dsa_tf.deploy.latency_model.LatencyModel.group_steps`), so the counts a
 pruned model keeps are measured points of its output grid, on the cheap side of the steps.
@@ -43,6 +44,7 @@ from dsa_tf.deploy import litert
 KINDS = ("Conv1D", "Conv2D", "Dense", "DepthwiseConv1D", "DepthwiseConv2D")
 PRECISIONS = ("float32", "int8")
 STEP = 8  # output channel grid: the tile of XNNPACK's float32 kernels on AVX2 and NEON
+COARSE_BELOW = 0.05  # share of the operators' time the signatures on a coarse grid take at most
 
 
 def channel_grid(channels: int, step: int = STEP, also: Iterable[int] = ()) -> list[int]:
@@ -248,7 +250,8 @@ def this_device() -> str:
 
 def measure_table(signatures: Iterable[tuple[dict, int, int]], *, precision: str = "float32",
                   threads: int = 1, step: int = STEP, rounds: int = 5,
-                  invokes: int = 20, table: LatencyTable | None = None,
+                  invokes: int = 20, coarse_below: float = COARSE_BELOW,
+                  table: LatencyTable | None = None,
                   progress: Callable[[str], None] | None = print) -> LatencyTable:
     """Measures the table of the given ``(signature, channels_in, channels_out)`` operators.
 
@@ -260,11 +263,24 @@ def measure_table(signatures: Iterable[tuple[dict, int, int]], *, precision: str
     ``channels_in``). With ``table``, only the signatures it
     lacks (or whose grid is too narrow) are measured, into a copy of it.
 
+    Every operator is first timed at its full width. The signatures whose full grids buy
+    the least time per point (their operators' share of all the operators' summed time
+    over the grid's points), together less than ``coarse_below`` of that time, are
+    measured on the coarse grid of :func:`input_grid` along their output (or depthwise)
+    channels too, which :class:`dsa_tf.deploy.latency_model.LatencyModel` interpolates
+    instead of reading as tiles: operators that cost next to nothing do not need their
+    tiles resolved, and the squeeze-excite convolutions of an EfficientNet (at 1x1 spatial
+    size, 3% of the operators' time on 2,400 grid points) took a third of its table's time
+    (BENCHMARKS.md, "Coarse grids where the points buy least"). ``coarse_below=0`` measures
+    every signature on the full grid.
+
     Raises:
         ValueError: a ``table`` of another precision or thread count, or an unknown kind.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+    if not 0 <= coarse_below < 1:
+        raise ValueError(f"coarse_below must be a share in [0, 1), got {coarse_below!r}.")
     if table is None:
         table = LatencyTable(device=this_device(), runtime=runtime_version(),
                              precision=precision, threads=threads, step=step)
@@ -275,34 +291,73 @@ def measure_table(signatures: Iterable[tuple[dict, int, int]], *, precision: str
     else:
         table = dataclasses.replace(table, entries=dict(table.entries),
                                     calibrations=dict(table.calibrations))
+    signatures = [(signature, int(n), int(m)) for signature, n, m in signatures]
     widths: dict[str, tuple[dict, set, set]] = {}
     for signature, channels_in, channels_out in signatures:
         _, ins, outs = widths.setdefault(signature_key(signature), (signature, set(), set()))
-        ins.add(int(channels_in))
-        outs.add(int(channels_out))
+        ins.add(channels_in)
+        outs.add(channels_out)
     widths = {key: value for key, value in widths.items()
               if not _covers(table.entries.get(key), max(value[1]), max(value[2]))}
+    times: dict[tuple[str, int, int], float] = {}
+
+    def timed(signature: dict, channels_in: int, channels_out: int) -> float:
+        point = (signature_key(signature), channels_in, channels_out)
+        if point not in times:
+            times[point] = time_tflite(operator_tflite(signature, channels_in, channels_out,
+                                                       precision), threads, rounds, invokes)
+        return times[point]
+
     started = time.perf_counter()
+    shares = {key: 0.0 for key in widths}  # ms of each signature's operators at full width
+    coarse: set[str] = set()
+    if widths and coarse_below > 0:
+        for signature, channels_in, channels_out in signatures:
+            key = signature_key(signature)
+            # every operator of the model at its full width, the measured ones counted in
+            ms = timed(signature, channels_in, channels_out)
+            if key in shares:
+                shares[key] += ms
+        total = sum(times[(signature_key(s), n, m)] for s, n, m in signatures)
+        cumulative = 0.0
+        points = {key: np.prod([len(g) for g in _grids(*widths[key], coarse=False, step=step)])
+                  for key in widths}
+        # first the signatures whose full grid buys least time per point measured
+        for key in sorted(shares, key=lambda key: shares[key] / points[key]):
+            if cumulative + shares[key] / total < coarse_below:
+                cumulative += shares[key] / total
+                coarse.add(key)
+        if progress:
+            progress(f"latency table: {len(signatures)} operators timed at full width; "
+                     f"{len(coarse)} of {len(widths)} signatures, "
+                     f"{sum(shares[key] for key in coarse) / total:.1%} of the operators' "
+                     f"time, on the coarse grid ({time.perf_counter() - started:.0f} s)")
     for number, (key, (signature, ins, outs)) in enumerate(widths.items(), 1):
-        wide_in, wide_out = max(ins), max(outs)
-        if signature["kind"].startswith("Depthwise"):
-            grid_in = channel_grid(wide_in, step, ins)
-            multiplier = max(1, wide_out // wide_in)
-            grid_out = [multiplier]  # the output follows the input
-            ms = [[time_tflite(operator_tflite(signature, n, n * multiplier, precision),
-                               threads, rounds, invokes)] for n in grid_in]
+        grid_in, grid_out = _grids(signature, ins, outs, coarse=key in coarse, step=step)
+        if signature["kind"].startswith("Depthwise"):  # the output follows the input
+            ms = [[timed(signature, n, n * grid_out[0])] for n in grid_in]
         else:
-            grid_in = input_grid(wide_in, step, ins)
-            grid_out = channel_grid(wide_out, step, outs)
-            ms = [[time_tflite(operator_tflite(signature, n, m, precision), threads, rounds,
-                               invokes) for m in grid_out] for n in grid_in]
+            ms = [[timed(signature, n, m) for m in grid_out] for n in grid_in]
         table.entries[key] = {"channels_in": grid_in, "channels_out": grid_out, "ms": ms}
         if progress:
             progress(f"latency table: {number}/{len(widths)} {signature['kind']} "
-                     f"{signature.get('input_shape')} {wide_in}->{wide_out}, "
+                     f"{signature.get('input_shape')} {max(ins)}->{max(outs)}, "
                      f"{len(grid_in) * len(grid_out)} points "
                      f"({time.perf_counter() - started:.0f} s)")
     return table
+
+
+def _grids(signature: dict, ins: set, outs: set, coarse: bool, step: int
+           ) -> tuple[list[int], list[int]]:
+    """A signature's input and output grids for operators of the full widths ``ins`` and
+    ``outs``: the tiled axis (a depthwise operator's channels, the others' output) on
+    :func:`channel_grid`, or with ``coarse`` on :func:`input_grid`; a depthwise operator's
+    output grid is its depth multiplier."""
+    wide_in, wide_out = max(ins), max(outs)
+    tiles = input_grid if coarse else channel_grid
+    if signature["kind"].startswith("Depthwise"):
+        return tiles(wide_in, step, ins), [max(1, wide_out // wide_in)]
+    return input_grid(wide_in, step, ins), tiles(wide_out, step, outs)
 
 
 def _covers(entry: dict | None, channels_in: int, channels_out: int) -> bool:

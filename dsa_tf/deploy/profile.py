@@ -37,6 +37,7 @@ from dsa_tf import _keras
 from dsa_tf.deploy.export import convert
 from dsa_tf.deploy.latency_model import LatencyModel, fingerprint
 from dsa_tf.deploy.latency_table import (
+    COARSE_BELOW,
     STEP,
     LatencyTable,
     converter_logs_silenced,
@@ -54,7 +55,8 @@ CALIBRATION_WIDTHS = (1.0, 0.75, 0.5, 0.375, 0.25)  # uniform keep ratios measur
 
 def profile_latency(model: Any, table: LatencyTable | None = None, *,
                     precision: str = "float32", threads: int = 1, step: int = STEP,
-                    rounds: int = 5, invokes: int = 20, exclude: Iterable[str] = (),
+                    rounds: int = 5, invokes: int = 20, coarse_below: float = COARSE_BELOW,
+                    exclude: Iterable[str] = (),
                     progress: Callable[[str], None] | None = print) -> LatencyTable:
     """Measures ``model``'s latency table and its calibration on this device.
 
@@ -70,6 +72,9 @@ def profile_latency(model: Any, table: LatencyTable | None = None, *,
         rounds, invokes: each time is the fastest of ``rounds`` rounds of ``invokes``
             invokes (whole models, few and what the calibration rests on: of three times
             ``rounds``); see :func:`dsa_tf.deploy.latency_table.time_tflite`.
+        coarse_below: signatures whose operators take less than this share of the
+            operators' time are measured on a coarse grid (0: none; see
+            :func:`dsa_tf.deploy.latency_table.measure_table`).
         exclude: layer names whose channels stay whole (see :func:`dsa_tf.analyze`).
         progress: called with a line per measured signature and calibration (None: quiet).
 
@@ -88,7 +93,8 @@ def profile_latency(model: Any, table: LatencyTable | None = None, *,
                          f"measured at the model's input size. Build it with a fixed size.")
     table = measure_table(((op.signature, op.channels_in, op.channels_out)
                            for op in operators(plan)), precision=precision, threads=threads,
-                          step=step, rounds=rounds, invokes=invokes, table=table,
+                          step=step, rounds=rounds, invokes=invokes,
+                          coarse_below=coarse_below, table=table,
                           progress=progress)
     uncalibrated = LatencyModel(plan, dataclasses.replace(table, calibrations={}))
     sums = []
