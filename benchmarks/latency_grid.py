@@ -81,9 +81,8 @@ def main() -> int:
         randomize_batchnorms(model, rng)
         plan = dsa_tf.analyze(model)
         tables = {}
-        for label, coarse_below in (("full grid", 0.0), ("coarse for cheap", None)):
+        for label, options in (("full grid", {"coarse_below": 0.0}), ("coarse for cheap", {})):
             started = time.perf_counter()
-            options = {} if coarse_below is None else {"coarse_below": coarse_below}
             table = profile_latency(model, **options)
             seconds = time.perf_counter() - started
             points = sum(np.size(e["ms"]) for e in table.entries.values())
@@ -105,23 +104,22 @@ def main() -> int:
         allocations = [np.ones(len(plan.prunable))] + [
             random_ratios(plan, steps, rng) for _ in range(args.variants)]
         with tempfile.TemporaryDirectory() as directory:
-            paths = []
+            paths, flops = [], []
             for i, ratios in enumerate(allocations):
                 small = dsa_tf.strip(model, keep_of(plan, ratios)) if i else model
+                flops.append(dsa_tf.count_flops(small) / dsa_tf.count_flops(model))
                 paths.append(Path(directory) / f"{name}_{i}.tflite")
                 paths[-1].write_bytes(tflite_for_timing(small, "float32"))
             reports = dsa_tf.compare_tflite_latency([str(p) for p in paths],
                                                     rounds=args.rounds, invokes=args.invokes)
         errors = {label: [] for label in tables}
         for i, (ratios, report) in enumerate(zip(allocations, reports)):
-            flops = dsa_tf.count_flops(dsa_tf.strip(model, keep_of(plan, ratios))) / \
-                dsa_tf.count_flops(model) if i else 1.0
             cells = []
             for label, (latency, _, _) in tables.items():
                 error = latency.predict(ratios) / report.min_ms - 1
                 errors[label].append(error)
                 cells.append(f"{latency.predict(ratios):.3f} ms ({error:+.1%})")
-            print(f"  {'unpruned' if i == 0 else f'random {i}'}: FLOPs {flops:.3f}, measured "
+            print(f"  {'unpruned' if i == 0 else f'random {i}'}: FLOPs {flops[i]:.3f}, measured "
                   f"{report.min_ms:.3f} ms; predicted, full grid {cells[0]}, coarse {cells[1]}",
                   flush=True)
         for label, (_, seconds, points) in tables.items():
