@@ -9,6 +9,7 @@ import dsa_tf
 from dsa_tf import _keras
 from dsa_tf.allocation.gated_model import gates_of
 from dsa_tf.allocation.gates import FROZEN, is_gate
+from dsa_tf.allocation.keep_process import kept_count
 from dsa_tf.allocation.one_shot import baseline_allocator
 from dsa_tf.allocation.schedule import plan_schedule
 
@@ -112,10 +113,38 @@ def test_uniform_keeps_nearly_equal_ratios(keras):
     for budget in (0.3, 0.6):
         keep = dsa_tf.uniform_allocation(model, budget)
         ratios = plan.keep_ratios(keep)
-        # k = round(a C) for one a: every ratio is within half a channel of a.
-        low = max(r - 0.5 / g.channels for r, g in zip(ratios, plan.prunable))
+        # k = round(a C) for one a, or one channel more where the budget allows: every ratio
+        # is within one and a half channels below and half a channel above a.
+        low = max(r - 1.5 / g.channels for r, g in zip(ratios, plan.prunable))
         high = min(r + 0.5 / g.channels for r, g in zip(ratios, plan.prunable))
         assert low <= high, ratios
+
+
+@pytest.mark.parametrize("budget", [0.3, 0.45, 0.6])
+def test_uniform_fills_what_rounding_down_leaves(keras, budget):
+    """Counts at the largest common ratio rounded down to steps of 4 leave budget unused;
+    uniform_allocation gives groups one step more each (at most) until no other fits."""
+    model = _net(keras)
+    plan = dsa_tf.analyze(model)
+    channels = np.array([g.channels for g in plan.prunable])
+
+    def flops(counts):
+        return _used(model, {g.name: np.arange(c) for g, c in zip(plan.prunable, counts)})["flops"]
+
+    def rounded(ratio):
+        return np.asarray(kept_count(ratio, channels, 1, 4))
+
+    low, high = 0.0, 1.0  # the largest common ratio whose rounded counts meet the budget
+    for _ in range(20):
+        low, high = ((low + high) / 2, high) if flops(rounded((low + high) / 2)) <= budget \
+            else (low, (low + high) / 2)
+    base = rounded(low)
+    keep = dsa_tf.uniform_allocation(model, budget, round_to=4)
+    counts = np.array([len(keep[g.name]) for g in plan.prunable])
+    assert flops(counts) <= budget
+    assert np.all((counts == base) | (counts == np.minimum(base + 4, channels))), (base, counts)
+    for k in np.flatnonzero((counts == base) & (counts < channels)):
+        assert flops(np.where(np.arange(len(counts)) == k, counts + 4, counts)) > budget, k
 
 
 def test_magnitude_spreads_tied_importances_evenly(keras):

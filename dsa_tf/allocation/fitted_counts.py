@@ -39,7 +39,8 @@ SHIFT_RANGE = 64.0  # logits: at -64 every group is at its fewest channels, at +
 
 
 def fitted_counts(logits: np.ndarray, channels: np.ndarray, min_channels: int,
-                  steps: np.ndarray, meets: Callable[[np.ndarray], bool]) -> np.ndarray:
+                  steps: np.ndarray, meets: Callable[[np.ndarray], bool], *,
+                  most_steps: int | None = None) -> np.ndarray:
     """The kept counts of every group that follow ``sigmoid(logits)`` and fill a budget.
 
     Args:
@@ -48,10 +49,12 @@ def fitted_counts(logits: np.ndarray, channels: np.ndarray, min_channels: int,
         min_channels: the fewest channels any group keeps.
         steps: [K] each group's step: counts are multiples of it, or the whole group.
         meets: whether counts ([K] integers) meet the budget; the fewest counts must.
+        most_steps: the most steps (2.) any group keeps above its count at the common shift
+            (1.); default: no limit.
 
     Returns:
         [K] int64 counts that meet the budget, none of which can keep one more step without
-        breaking it.
+        breaking it (or the limit of ``most_steps``).
 
     Raises:
         ValueError: the fewest counts do not meet the budget.
@@ -59,12 +62,13 @@ def fitted_counts(logits: np.ndarray, channels: np.ndarray, min_channels: int,
     channels, steps = np.asarray(channels, np.int64), np.asarray(steps, np.int64)
     shift = largest_shift(logits, channels, min_channels, steps, meets)
     result = _counts(logits, shift, channels, min_channels, steps)
+    ceiling = channels if most_steps is None else np.minimum(result + most_steps * steps, channels)
     targets = channels / (1.0 + np.exp(-(np.asarray(logits, np.float64) + shift)))
     while True:
         raised = [np.where(np.arange(len(result)) == k,
                            np.minimum(result + steps, channels), result)
                   for k in range(len(result))]
-        open_ = [k for k in range(len(result)) if result[k] < channels[k] and meets(raised[k])]
+        open_ = [k for k in range(len(result)) if result[k] < ceiling[k] and meets(raised[k])]
         if not open_:
             return result
         result = raised[max(open_, key=lambda k: (targets[k] - result[k]) / steps[k])]
