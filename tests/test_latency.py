@@ -581,3 +581,39 @@ def test_measuring_operators_keeps_the_converters_native_logs_quiet():
     assert "end" in after  # stderr works again after each conversion
     assert "flatbuffer" not in after and "Ignored" not in after, after
     assert "SavedModel" not in after, after
+
+
+@KERAS3_ONLY
+def test_profile_command_measures_a_table_that_covers_the_model(tmp_path):
+    """``dsa-tf profile MODEL.keras --out=...`` writes a calibrated table the model's latency
+    model accepts; ``--coarse_below=0`` measures every signature on its full grid (every
+    multiple of the step along the tiled axis), and a share outside [0, 1) is refused before
+    anything is measured. (64 classes: a Dense of 64 outputs, so cheap that the default share
+    puts it on the coarse grid: without the flag passed on, its grid lacks 8-56.)"""
+    import subprocess
+    import sys
+
+    model = dsa_tf.models.cifar_resnet(8, num_classes=64, input_shape=(8, 8, 3))
+    model_path, out = str(tmp_path / "small.keras"), str(tmp_path / "table.json")
+    model.save(model_path)
+    command = [sys.executable, "-m", "dsa_tf", "profile", model_path, f"--out={out}"]
+    result = subprocess.run([*command, "--coarse_below=0", "--threads=2"], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "written to" in result.stdout and "latency table: " in result.stdout
+    table = LatencyTable.load(out)
+    assert (table.precision, table.threads, table.device) == ("float32", 2, this_device())
+    plan = dsa_tf.analyze(model)
+    assert fingerprint(plan) in table.calibrations
+    LatencyModel(plan, table)  # covers every operator: refuses a model it does not
+    for op in operators(plan):
+        entry = table.entries[signature_key(op.signature)]
+        depthwise = op.signature["kind"].startswith("Depthwise")
+        tiled, width = (("channels_in", op.channels_in) if depthwise
+                        else ("channels_out", op.channels_out))
+        assert set(range(table.step, width + 1, table.step)) <= set(entry[tiled]), entry
+    refused = subprocess.run([*command, "--coarse_below=1"], capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode != 0
+    assert "--coarse_below must be a share in [0, 1)" in refused.stderr
+    assert "latency table: " not in refused.stdout

@@ -11,11 +11,15 @@ Commands:
         Times .tflite files side by side in LiteRT.
     dsa-tf profile MODEL --out=TABLE.json [--image_size=N] [--num_classes=10]
                    [--precision=float32|int8] [--threads=1] [--extend=OLD.json]
+                   [--coarse_below=SHARE]
         Measures MODEL's latency table on this device (run it on the target device: it needs
         only dsa_tf and LiteRT), for ``dsa-tf prune --resource=latency --latency_table=...``.
         MODEL is a .keras file, resnetN or a keras.applications name (built at --image_size,
         default 32 for resnetN and 224 otherwise, with --num_classes outputs); profile the
-        model the pruning run will prune, at its input size.
+        model the pruning run will prune, at its input size. ``--coarse_below=0`` measures
+        every signature on its full grid (default: the signatures that together take under
+        5% of the operators' time on a coarse one; see
+        :func:`dsa_tf.deploy.latency_table.measure_table`).
 
 ``--config`` chooses the schedule (``paper``: DSA's; ``quick``: minutes on a CPU); every other
 flag overrides one of its values. Examples::
@@ -51,6 +55,12 @@ NUM_CLASSES = flags.DEFINE_integer("num_classes", 10,
                                    "Outputs of a model `dsa-tf profile` builds by name.")
 EXTEND = flags.DEFINE_string("extend", None, "A table `dsa-tf profile` extends (only the "
                              "operators it lacks are measured).")
+COARSE_BELOW = flags.DEFINE_float(
+    "coarse_below", None, "`dsa-tf profile`: signatures whose operators together take less "
+    "than this share of the operators' time are measured on a coarse grid (0: none; default "
+    "the library's, 0.05).")
+flags.register_validator("coarse_below", lambda value: value is None or 0 <= value < 1,
+                         message="--coarse_below must be a share in [0, 1).")
 
 
 def _define_run_flags() -> None:
@@ -130,7 +140,9 @@ def profile(name: str, out: str) -> None:
         model = build_model(preset("quick", model=name), (size, size, 3), NUM_CLASSES.value,
                             tf.keras)
     table = LatencyTable.load(EXTEND.value) if EXTEND.value else None
-    table = profile_latency(model, table, precision=PRECISION.value, threads=THREADS.value)
+    coarse = {} if COARSE_BELOW.value is None else {"coarse_below": COARSE_BELOW.value}
+    table = profile_latency(model, table, precision=PRECISION.value, threads=THREADS.value,
+                            **coarse)
     table.save(out)
     print(f"latency table of {model.name!r} ({len(table.entries)} operator signatures, "
           f"{table.precision}, {table.threads} thread(s), {table.device}) written to {out}")
