@@ -69,11 +69,10 @@ def main() -> int:
 
     def by_hand(round_to: int) -> list[tuple[float, float]]:
         """(predicted latency, FLOPs) of the FLOPs budgets this rounding reaches."""
-        result = []
+        result, rounded = [], group_steps(resources.plan, round_to)
         for flops in FLOPS_BUDGETS:
             try:
-                result.append(cost(counts({"flops": flops}, group_steps(resources.plan, round_to),
-                                          1)))
+                result.append(cost(counts({"flops": flops}, rounded, 1)))
             except ValueError:  # below the fewest channels this rounding allows
                 continue
         return result
